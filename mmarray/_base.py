@@ -1,0 +1,360 @@
+"""The typed-view API shared by :class:`MappedFile` and :class:`SharedBlock`.
+
+Subclasses open a descriptor, wrap it in a :class:`~mmarray._region.Region`
+and set the few class attributes that differ (``_kind``, ``_can_shrink``);
+everything users call -- views, accessors, flush, advise, resize, close,
+pickling -- lives here once.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import operator
+from typing import Any
+
+import numpy as np
+
+from ._region import ADVICE, PAGE_SIZE, Map, Region
+from ._views import MappedRecords, MappedView, view
+
+ORDERS = ("C", "F")
+
+
+def as_index(value: Any, name: str, *, minimum: int = 0) -> int:
+    """``value`` as an int >= ``minimum``, or TypeError/ValueError naming it."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer (got {value!r})")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer (got {type(value).__name__})") from None
+    if n < minimum:
+        raise ValueError(f"{name} must be >= {minimum} (got {n})")
+    return n
+
+
+def as_dtype(dtype: Any) -> np.dtype:
+    """A dtype that can live in mapped bytes (no Python objects, not empty)."""
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise TypeError(f"object dtypes cannot be mapped (got {dt})")
+    if dt.itemsize == 0:
+        raise ValueError(f"dtype must have a non-zero item size (got {dt})")
+    return dt
+
+
+def as_shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` (an int or a sequence of ints) as a tuple of non-negative ints."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    try:
+        items = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape must be an int or a tuple of ints (got {shape!r})") from None
+    return tuple(as_index(n, "shape entries") for n in items)
+
+
+class MappedBuffer:
+    """Mapped bytes with typed views: the base of MappedFile and SharedBlock."""
+
+    # Class-level defaults let close() and repr() work after a failed __init__.
+    _region: Region | None = None
+    _closed = True
+    _kind = "mapping"
+    _can_shrink = True
+    mode = "r"
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
+
+    @property
+    def readonly(self) -> bool:
+        """True when the bytes cannot be written through this handle."""
+        return self.mode == "r"
+
+    @property
+    def size(self) -> int:
+        """Bytes mapped (the size of the file or block)."""
+        return self._live().size
+
+    def _live(self) -> Region:
+        if self._closed or self._region is None:
+            raise ValueError(f"I/O operation on closed {type(self).__name__}")
+        return self._region
+
+    def _map(self) -> Map:
+        m = self._live().map
+        assert m is not None
+        return m
+
+    def _check_writable(self, what: str) -> None:
+        if self.readonly:
+            raise PermissionError(f"cannot {what}: {self!r} is read-only")
+
+    # -- views ---------------------------------------------------------------
+
+    def _layout(
+        self, dtype: Any, shape: Any, offset: Any
+    ) -> tuple[np.dtype, tuple[int, ...], int, Map]:
+        m = self._map()
+        dt = as_dtype(dtype)
+        offset = as_index(offset, "offset")
+        size = len(m)
+        if offset > size:
+            raise ValueError(f"offset {offset} is past the end of the mapping ({size} bytes)")
+        if shape is None:
+            shape = ((size - offset) // dt.itemsize,)
+        else:
+            shape = as_shape(shape)
+        nbytes = math.prod(shape) * dt.itemsize
+        if offset + nbytes > size:
+            raise ValueError(
+                f"shape {shape} of {dt} at offset {offset} needs {offset + nbytes} bytes, "
+                f"but the mapping has {size}"
+            )
+        return dt, shape, offset, m
+
+    def array(
+        self, dtype: Any = np.uint8, shape: Any = None, offset: int = 0, order: str = "C"
+    ) -> np.ndarray:
+        """A numpy array viewing the mapped bytes (no copy).
+
+        Parameters
+        ----------
+        dtype : data-type, default uint8
+            Any numpy dtype without Python objects: scalars, structured,
+            subarray fields, either byte order.
+        shape : int or tuple of int, optional
+            Default: 1-D, as many whole items as fit after ``offset``.
+        offset : int, default 0
+            Byte offset of the first item; need not be aligned.
+        order : {"C", "F"}
+            Memory layout of a multi-dimensional view.
+
+        Returns
+        -------
+        numpy.ndarray
+            A view (an ndarray subclass with no Python code on indexing),
+            read-only when the mapping is.  It stays valid after
+            :meth:`close` and :meth:`resize` until garbage-collected.
+
+        Raises
+        ------
+        ValueError
+            If the view does not fit in the mapping, or the handle is closed.
+        TypeError
+            For object dtypes.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.bin")
+        >>> with mm.MappedFile(path, "w+", capacity=64) as f:
+        ...     a = f.array(np.float64, shape=(2, 4))
+        ...     a[1, 2] = 1.5
+        ...     float(f.read(48, np.float64))
+        1.5
+        """
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS!r} (got {order!r})")
+        dt, shape, offset, m = self._layout(dtype, shape, offset)
+        return view(MappedView, m, dt, shape, offset, order=order)
+
+    def records(self, dtype: Any, shape: Any = None, offset: int = 0) -> np.recarray:
+        """A :class:`numpy.recarray` viewing the mapped bytes.
+
+        Parameters
+        ----------
+        dtype : structured data-type
+        shape, offset
+            As for :meth:`array`.
+
+        Returns
+        -------
+        numpy.recarray
+            Fields are readable as attributes (``r.price``).
+
+        Raises
+        ------
+        ValueError
+            If ``dtype`` is not structured or the view does not fit.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "r.bin")
+        >>> rec = np.dtype([("t", "<i8"), ("v", "<f4")])
+        >>> with mm.MappedFile(path, "w+", capacity=10 * rec.itemsize) as f:
+        ...     r = f.records(rec)
+        ...     r.v[3] = 2.5
+        ...     r.shape, float(r[3].v)
+        ((10,), 2.5)
+        """
+        dt = as_dtype(dtype)
+        if dt.names is None:
+            raise ValueError(f"records() needs a structured dtype (got {dt})")
+        dt, shape, offset, m = self._layout(np.dtype((np.record, dt)), shape, offset)
+        return view(MappedRecords, m, dt, shape, offset)
+
+    # -- scalar and array accessors ------------------------------------------
+
+    def read(self, offset: int, dtype: Any) -> np.generic:
+        """Read one item at ``offset`` as a numpy scalar (``np.void`` for
+        structured dtypes); the result is a copy.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "s.bin")
+        >>> with mm.MappedFile(path, "w+", capacity=16) as f:
+        ...     f.write(3, np.int32(-7))
+        ...     int(f.read(3, np.int32))
+        -7
+        """
+        dt, shape, offset, m = self._layout(dtype, (), offset)
+        return view(np.ndarray, m, dt, shape, offset).copy()[()]
+
+    def write(self, offset: int, value: Any, dtype: Any = None) -> None:
+        """Write a numpy scalar or array at ``offset``.
+
+        Parameters
+        ----------
+        offset : int
+        value : numpy scalar, ndarray, or anything ``dtype`` can hold
+        dtype : data-type, optional
+            Needed when ``value`` is a plain Python object (``1``, ``2.5``,
+            a tuple for a structured record), which has no dtype of its own.
+
+        Raises
+        ------
+        TypeError
+            For a Python value without ``dtype``.
+        PermissionError
+            Through a read-only handle.
+        """
+        self._check_writable("write")
+        if dtype is None:
+            if not isinstance(value, (np.generic, np.ndarray)):
+                raise TypeError(
+                    f"write() needs dtype= for a {type(value).__name__} value; "
+                    "pass a numpy scalar or array, or give dtype"
+                )
+            value = np.asarray(value)
+        else:
+            value = np.asarray(value, dtype=as_dtype(dtype))
+        self._put(offset, value)
+
+    def _put(self, offset: Any, value: np.ndarray) -> None:
+        dt, shape, offset, m = self._layout(value.dtype, value.shape, offset)
+        view(np.ndarray, m, dt, shape, offset)[...] = value
+
+    def read_array(self, offset: int, dtype: Any, count: int) -> np.ndarray:
+        """A copy of ``count`` items of ``dtype`` starting at ``offset``."""
+        count = as_index(count, "count")
+        dt, shape, offset, m = self._layout(dtype, (count,), offset)
+        return view(np.ndarray, m, dt, shape, offset).copy()
+
+    def write_array(self, offset: int, values: Any) -> None:
+        """Write ``values`` (array-like, C order) starting at ``offset``."""
+        self._check_writable("write")
+        values = np.asarray(values)
+        as_dtype(values.dtype)
+        self._put(offset, values)
+
+    # -- whole-mapping operations ----------------------------------------------
+
+    def _byte_range(self, offset: Any, size: Any) -> tuple[int, int]:
+        """``(start, length)`` page-aligned, covering ``[offset, offset+size)``."""
+        total = self.size
+        offset = as_index(offset, "offset")
+        size = total - offset if size is None else as_index(size, "size")
+        if offset + size > total:
+            raise ValueError(
+                f"range [{offset}, {offset + size}) is past the end of the mapping "
+                f"({total} bytes)"
+            )
+        start = offset - offset % PAGE_SIZE
+        return start, offset + size - start
+
+    def flush(self, offset: int = 0, size: int | None = None) -> None:
+        """Write dirty pages in ``[offset, offset+size)`` to storage (msync).
+
+        A no-op for read-only and copy-on-write mappings.
+        """
+        start, length = self._byte_range(offset, size)
+        if length and not self.readonly:
+            self._map().flush(start, length)
+
+    def advise(self, hint: str, offset: int = 0, size: int | None = None) -> None:
+        """Tell the OS how the range will be used (``madvise``).
+
+        Parameters
+        ----------
+        hint : {"normal", "random", "sequential", "willneed", "dontneed"}
+            ``"random"`` turns readahead off (good for scattered small
+            reads), ``"sequential"`` turns it up.  A no-op where the OS
+            lacks the hint.
+        offset, size : int
+            The byte range (default: all).
+        """
+        if hint not in ADVICE:
+            raise ValueError(f"hint must be one of {tuple(ADVICE)!r} (got {hint!r})")
+        start, length = self._byte_range(offset, size)
+        flag = getattr(mmap, ADVICE[hint], None)
+        if flag is not None and length:
+            self._map().madvise(flag, start, length)
+
+    def resize(self, size: int) -> None:
+        """Grow (or, for files, shrink) the storage and the mapping.
+
+        New bytes read as zero.  Arrays made before stay valid and keep
+        seeing the same bytes.
+
+        Raises
+        ------
+        BufferError
+            When shrinking while arrays made from this handle are alive.
+        ValueError
+            For a size below 1, or shrinking a shared block.
+        PermissionError
+            Through a read-only or copy-on-write handle.
+        """
+        size = as_index(size, "size", minimum=1)
+        region = self._live()
+        if self.mode in ("r", "c"):
+            raise PermissionError(f"cannot resize: {self!r} was opened with mode {self.mode!r}")
+        if size < region.size and not self._can_shrink:
+            raise ValueError(
+                f"a {self._kind} can only grow (size {region.size}, asked for {size}): "
+                "shrinking it would crash other processes that map it"
+            )
+        region.resize(size)
+
+    def close(self) -> None:
+        """Release the handle (idempotent).
+
+        Afterwards new views and I/O raise ``ValueError``; arrays made
+        before stay valid until they are garbage-collected.
+        """
+        self._closed = True
+        region, self._region = self._region, None
+        if region is not None:
+            region.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _describe(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"mode={self.mode!r} size={self.size}"
+        return f"<{type(self).__name__} {self._describe()} {state}>"

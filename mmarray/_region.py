@@ -1,0 +1,170 @@
+"""The one mapping mechanism behind files and shared blocks.
+
+A :class:`Region` owns a file descriptor and the current ``mmap`` of it.
+Everything that maps memory in mmarray goes through here, so the lifecycle
+rules hold everywhere:
+
+* Arrays never hold a bare pointer into a mapping.  They are built on a
+  :class:`pickle.PickleBuffer` of the mapping, which keeps a buffer export
+  alive; ``mmap.close()`` then raises ``BufferError`` instead of unmapping
+  pages under a live array (cpython gh-115635 describes the crash).
+* Growing never touches the old mapping: the descriptor is enlarged and a
+  new, larger mapping is made.  The old one is merely dropped and is
+  unmapped when its last array dies.  Both are ``MAP_SHARED`` mappings of
+  the same pages, so old and new arrays see the same bytes.
+* Shrinking would leave old mappings pointing past the end of the file
+  (SIGBUS on access), so it is refused with ``BufferError`` while any
+  array made from any mapping of this region is alive.
+* ``close()`` only drops references; pages stay mapped until the arrays
+  that use them are garbage-collected.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PAGE_SIZE = mmap.ALLOCATIONGRANULARITY
+
+#: ``advise()`` hint names and the ``madvise`` constants they stand for.
+ADVICE = {
+    "normal": "MADV_NORMAL",
+    "random": "MADV_RANDOM",
+    "sequential": "MADV_SEQUENTIAL",
+    "willneed": "MADV_WILLNEED",
+    "dontneed": "MADV_DONTNEED",
+}
+
+#: How each access string maps to ``mmap`` access.
+_ACCESS = {"read": mmap.ACCESS_READ, "write": mmap.ACCESS_WRITE, "copy": mmap.ACCESS_COPY}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a mapping's bytes live: enough to map them again elsewhere.
+
+    ``kind`` is ``"file"`` (``target`` an absolute path) or ``"shm"``
+    (``target`` a block name); ``access`` is ``"read"``, ``"write"`` or
+    ``"copy"``.
+    """
+
+    kind: str
+    target: str
+    access: str
+
+
+class Map(mmap.mmap):
+    """An ``mmap`` that remembers its :class:`Source` (for pickling by
+    reference), its base address, and an optional owner token that must live
+    as long as any array made from it (shared blocks unlink on its death)."""
+
+    source: Source
+    address: int
+    owner: Any
+
+
+def new_map(fd: int, size: int, source: Source, owner: Any = None) -> Map:
+    """Map ``size`` bytes of ``fd`` from offset 0."""
+    m = Map(fd, size, access=_ACCESS[source.access])
+    m.source = source
+    # The address lets a view find its offset inside the mapping.
+    m.address = _address_of(m)
+    m.owner = owner
+    return m
+
+
+def _address_of(m: mmap.mmap) -> int:
+    # numpy reads the address of read-only and writable buffers alike.
+    view = np.frombuffer(m, dtype=np.uint8, count=1)
+    return int(view.__array_interface__["data"][0])
+
+
+def try_unmap(m: mmap.mmap) -> bool:
+    """Unmap ``m`` now if no array uses it; return whether it is gone."""
+    try:
+        m.close()
+    except BufferError:
+        return False
+    return True
+
+
+class Region:
+    """A descriptor and its current mapping; see the module docstring.
+
+    Parameters
+    ----------
+    fd : int
+        An open descriptor; the region owns it from now on.
+    source : Source
+    owner : object, optional
+        Stored on every mapping made (see :class:`Map`).
+    """
+
+    def __init__(self, fd: int, source: Source, owner: Any = None) -> None:
+        self.fd = fd
+        # Closes the descriptor if the region is dropped without close().
+        self._close_fd = weakref.finalize(self, os.close, fd)
+        self.source = source
+        self.owner = owner
+        self.map: Map | None = None
+        # Mappings replaced by a growth that arrays may still use.
+        self._retired: list[weakref.ref[Map]] = []
+        try:
+            self.map = new_map(fd, os.fstat(fd).st_size, source, owner)
+        except BaseException:
+            self._close_fd()
+            raise
+
+    @property
+    def size(self) -> int:
+        assert self.map is not None
+        return len(self.map)
+
+    def resize(self, size: int) -> None:
+        """Make the descriptor and the mapping ``size`` bytes long."""
+        old = self.map
+        assert old is not None
+        if size == len(old):
+            return
+        if size > len(old):
+            os.ftruncate(self.fd, size)
+            self.map = new_map(self.fd, size, self.source, self.owner)
+            self._retire(old)
+            return
+        self._unmap_all_or_raise()
+        try:
+            os.ftruncate(self.fd, size)
+        finally:
+            # Remap whatever size the descriptor has now, even on failure.
+            self.map = new_map(self.fd, os.fstat(self.fd).st_size, self.source, self.owner)
+
+    def _retire(self, m: Map) -> None:
+        if not try_unmap(m):
+            self._retired.append(weakref.ref(m))
+        self._retired = [r for r in self._retired if r() is not None]
+
+    def _unmap_all_or_raise(self) -> None:
+        maps = [m for m in (r() for r in self._retired) if m is not None]
+        assert self.map is not None
+        maps.append(self.map)  # last: it stays usable if an older one is busy
+        for m in maps:
+            if not try_unmap(m):
+                raise BufferError(
+                    "cannot shrink while arrays made from this mapping are alive; "
+                    "delete them (and their views) first"
+                )
+        self._retired = []
+
+    def close(self) -> None:
+        """Drop the mapping and close the descriptor (idempotent)."""
+        m, self.map = self.map, None
+        if m is not None:
+            try_unmap(m)
+        self._retired = []
+        self.fd = -1
+        self._close_fd()

@@ -1,0 +1,283 @@
+"""Named POSIX shared-memory blocks: :class:`SharedBlock`.
+
+The only module that touches POSIX shared memory.  Names are the plain
+POSIX names (``shm_open("/NAME")``), so blocks made by C programs or by
+:mod:`multiprocessing.shared_memory` open here and the other way round.
+
+Lifetime: the handle from :meth:`SharedBlock.create` owns the name through
+an :class:`_Owner` token.  The handle and every mapping made from it hold
+the token; when the handle is closed (or the token is garbage-collected, or
+the interpreter exits) the name is unlinked -- but only if it still names
+the same block (device and inode), and only in the process that created
+it.  Handles from :meth:`SharedBlock.open` hold no token and never unlink,
+and nothing here registers with multiprocessing's resource tracker
+(whose unlink-on-exit is cpython gh-82300).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import weakref
+
+from ._base import MappedBuffer, as_index
+from ._region import Map, Region, Source, new_map
+from ._views import OPENERS
+
+_USE_POSIX = os.name == "posix"
+if _USE_POSIX:
+    import _posixshmem
+
+#: Where Linux keeps POSIX shared memory (used to list blocks and stat names).
+SHM_DIR = "/dev/shm"
+NAME_MAX = 200
+_NAME_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,%d}" % (NAME_MAX - 1))
+_NAME_RULE = f"1-{NAME_MAX} characters of [A-Za-z0-9._-], not starting with '.'"
+
+
+def check_name(name: object) -> str:
+    """``name`` if it is a valid block name, else TypeError/ValueError."""
+    if not isinstance(name, str):
+        raise TypeError(f"block name must be a str (got {type(name).__name__})")
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(f"block name must be {_NAME_RULE} (got {name!r})")
+    return name
+
+
+def _require_posix() -> None:
+    if not (_USE_POSIX and sys.platform.startswith("linux")):
+        raise NotImplementedError(f"SharedBlock is supported on Linux only (not {sys.platform})")
+
+
+def _shm_open(name: str, flags: int, mode: int = 0o600) -> int:
+    _require_posix()
+    return _posixshmem.shm_open("/" + name, flags, mode)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _unlink_if_same(name: str, ident: tuple[int, int], pid: int) -> None:
+    """Unlink ``name`` if it still names block ``ident`` and we made it."""
+    if os.getpid() != pid:  # a forked child inherited the token
+        return
+    try:
+        st = os.stat(os.path.join(SHM_DIR, name))
+        if (st.st_dev, st.st_ino) == ident:
+            _posixshmem.shm_unlink("/" + name)
+    except OSError:
+        pass
+
+
+class _Owner:
+    """Held by an owning handle and every mapping made from it; unlinks the
+    name when the last of them is gone (or at exit)."""
+
+    def __init__(self, name: str, ident: tuple[int, int]) -> None:
+        self.finalizer = weakref.finalize(self, _unlink_if_same, name, ident, os.getpid())
+
+
+def shared_blocks() -> list[str]:
+    """Sorted names of the POSIX shared-memory blocks that exist now.
+
+    Lists every block, whoever made it; POSIX semaphores (``sem.*``) are
+    left out.
+
+    Examples
+    --------
+    >>> import mmarray as mm
+    >>> with mm.SharedBlock.create("doc-shared-blocks", 64):
+    ...     "doc-shared-blocks" in mm.shared_blocks()
+    True
+    """
+    _require_posix()
+    names = []
+    with os.scandir(SHM_DIR) as it:
+        for entry in it:
+            if entry.name.startswith("sem.") or not entry.is_file(follow_symlinks=False):
+                continue
+            names.append(entry.name)
+    return sorted(names)
+
+
+def _reopen(source: Source) -> Map:
+    """Map a whole block again (for unpickling); never owns it."""
+    flags = os.O_RDWR if source.access == "write" else os.O_RDONLY
+    fd = _shm_open(source.target, flags)
+    try:
+        return new_map(fd, os.fstat(fd).st_size, source)
+    finally:
+        os.close(fd)
+
+
+OPENERS["shm"] = _reopen
+
+
+class SharedBlock(MappedBuffer):
+    """A named block of shared memory that other processes open by name.
+
+    Make one with :meth:`create`, :meth:`open` or :meth:`create_or_open`
+    (not with the constructor).  The typed-view API is the same as
+    :class:`MappedFile`'s; blocks can grow but never shrink.
+
+    Attributes
+    ----------
+    name : str
+    size : int
+    owner : bool
+        True for the handle that created the block (it removes the name
+        when closed, unless created with ``persist=True``).
+    readonly, closed : bool
+
+    Examples
+    --------
+    >>> import mmarray as mm, numpy as np
+    >>> with mm.SharedBlock.create("doc-demo", 500) as blk:
+    ...     blk.write(0, np.int32(12345))
+    ...     with mm.SharedBlock.open("doc-demo") as other:
+    ...         int(other.read(0, np.int32))
+    12345
+    """
+
+    _kind = "shared block"
+    _can_shrink = False
+    _owner: _Owner | None = None
+    name = ""
+    owner = False
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError(
+            "use SharedBlock.create(name, size), SharedBlock.open(name) "
+            "or SharedBlock.create_or_open(name, size)"
+        )
+
+    @classmethod
+    def _attach(cls, name: str, fd: int, mode: str, owner: _Owner | None) -> SharedBlock:
+        self = object.__new__(cls)
+        self.name = name
+        self.mode = mode
+        self.owner = owner is not None
+        self._owner = owner
+        access = "read" if mode == "r" else "write"
+        self._region = Region(fd, Source("shm", name, access), owner)
+        self._closed = False
+        return self
+
+    @classmethod
+    def create(cls, name: str, size: int, *, persist: bool = False) -> SharedBlock:
+        """Create a new block of ``size`` zero bytes, readable and writable
+        by this user only (0600).
+
+        Parameters
+        ----------
+        name : str
+            1-200 characters of ``[A-Za-z0-9._-]``, not starting with ``.``.
+        size : int
+            Bytes, at least 1.
+        persist : bool, default False
+            Keep the name after this handle closes (remove it later with
+            :meth:`unlink` or ``mmarray rm``).
+
+        Raises
+        ------
+        FileExistsError
+            If the name exists.
+        ValueError
+            For a bad name or size.
+        """
+        name = check_name(name)
+        size = as_index(size, "size", minimum=1)
+        fd = _shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # shm_open's mode is subject to the umask
+            os.ftruncate(fd, size)
+            owner = None if persist else _Owner(name, _identity(fd))
+        except BaseException:
+            os.close(fd)
+            _posixshmem.shm_unlink("/" + name)
+            raise
+        try:
+            return cls._attach(name, fd, "r+", owner)
+        except BaseException:
+            if owner is not None:
+                owner.finalizer()
+            raise
+
+    @classmethod
+    def open(cls, name: str, *, readonly: bool = False) -> SharedBlock:
+        """Open an existing block; this handle never removes it.
+
+        Raises
+        ------
+        FileNotFoundError
+            If no block has that name.
+        """
+        name = check_name(name)
+        fd = _shm_open(name, os.O_RDONLY if readonly else os.O_RDWR)
+        try:
+            if os.fstat(fd).st_size == 0:
+                raise ValueError(f"shared block {name!r} has size 0 (not yet sized?)")
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls._attach(name, fd, "r" if readonly else "r+", None)
+
+    @classmethod
+    def create_or_open(cls, name: str, size: int) -> SharedBlock:
+        """Open the block ``name``, or create it with ``size`` bytes.
+
+        Raises
+        ------
+        ValueError
+            If the existing block is smaller than ``size``.
+        """
+        size = as_index(size, "size", minimum=1)
+        while True:
+            try:
+                return cls.create(name, size)
+            except FileExistsError:
+                pass
+            try:
+                blk = cls.open(name)
+            except FileNotFoundError:
+                continue  # removed between the two calls: try again
+            if blk.size < size:
+                have = blk.size
+                blk.close()
+                raise ValueError(
+                    f"shared block {name!r} exists with {have} bytes, smaller than size={size}"
+                )
+            return blk
+
+    def unlink(self) -> None:
+        """Remove the name now; mappings already open stay valid."""
+        _require_posix()
+        if self._owner is not None:
+            self._owner.finalizer.detach()
+        try:
+            _posixshmem.shm_unlink("/" + self.name)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        """Release the handle; an owner (without ``persist``) removes the name."""
+        owner, self._owner = self._owner, None
+        super().close()
+        if owner is not None:
+            owner.finalizer()
+
+    def _describe(self) -> str:
+        return repr(self.name) + (" owner" if self.owner else "")
+
+    def __reduce__(self):
+        if self._closed:
+            raise ValueError("cannot pickle a closed SharedBlock")
+        return (_open_for_unpickle, (self.name, self.readonly))
+
+
+def _open_for_unpickle(name: str, readonly: bool) -> SharedBlock:
+    return SharedBlock.open(name, readonly=readonly)
+
