@@ -3,9 +3,13 @@
 See the README and ``docs/`` for the guide.
 """
 
+from ._array import MappedArray, open_array
 from ._file import MappedFile
+from ._memmap import memmap
 from ._shared import SharedBlock, shared_blocks
 
 __version__ = "0.1.0"
 
-__all__ = sorted(["MappedFile", "SharedBlock", "__version__", "shared_blocks"])
+__all__ = sorted(
+    ["MappedArray", "MappedFile", "SharedBlock", "__version__", "memmap", "open_array", "shared_blocks"]
+)

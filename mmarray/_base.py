@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import mmap
 import operator
+import os
 from typing import Any
 
 import numpy as np
@@ -265,6 +266,15 @@ class MappedBuffer:
         values = np.asarray(values)
         as_dtype(values.dtype)
         self._put(offset, values)
+
+    def _pwrite(self, data: bytes, offset: int) -> None:
+        """Write ``data`` through the descriptor in one system call, so that a
+        killed process never leaves it half written (used for headers)."""
+        if self.mode in ("r", "c"):
+            raise PermissionError(f"cannot write the storage of {self!r}")
+        fd = self._live().fd
+        if os.pwrite(fd, data, offset) != len(data):
+            raise OSError(f"short write to {self!r}")
 
     # -- whole-mapping operations ----------------------------------------------
 

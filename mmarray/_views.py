@@ -63,7 +63,7 @@ def reference(arr: np.ndarray) -> tuple | None:
     """What :func:`rebuild` needs to map ``arr`` again, or None when ``arr``
     must travel by value (not ours, or a private copy-on-write mapping)."""
     m = mapping_of(arr)
-    if m is None or m.source.access == "copy" or m.closed:
+    if m is None or m.source.access == "copy" or not m.source.target or m.closed:
         return None
     offset = arr.__array_interface__["data"][0] - m.address
     return (m.source, offset, arr.dtype, arr.shape, arr.strides)

@@ -1,0 +1,477 @@
+"""Self-describing, growable arrays: :func:`open_array` and :class:`MappedArray`.
+
+A :class:`MappedArray` is a standard ``.npy`` file (or a shared block laid
+out the same way) mapped through a :class:`~mmarray.MappedFile` or
+:class:`~mmarray.SharedBlock`.  The header layout and the crash-safety rule
+are described in :mod:`mmarray._header`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from typing import Any, Literal
+
+import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
+
+from ._base import MappedBuffer, as_dtype, as_index, as_shape
+from ._file import MappedFile, as_path
+from ._header import MAX_HEADER_SIZE, can_grow, data_offset_for, encode_header, read_header
+from ._shared import SharedBlock
+
+ArrayMode = Literal["r", "r+", "c", "w+", "x+", "a"]
+MODES = ("r", "r+", "c", "w+", "x+", "a")
+SHM_PREFIX = "shm://"
+#: Growth factor of the reserved capacity (n appends cost O(n) amortised).
+GROWTH = 2
+#: Smallest growth step, in bytes, so that tiny rows do not remap often.
+MIN_GROWTH_BYTES = 1 << 16
+
+
+class _State:
+    """The mutable part of a MappedArray, shared with its finalizer."""
+
+    __slots__ = ("buf", "cap", "fortran", "length", "offset", "recorded", "row_shape", "dtype")
+
+    def __init__(self, buf: MappedBuffer, header: Any) -> None:
+        self.buf = buf
+        self.dtype: np.dtype = header.dtype
+        self.fortran: bool = header.fortran_order
+        self.offset: int = header.data_offset
+        self.row_shape: tuple[int, ...] = header.shape[1:]
+        self.length: int | None = header.shape[0] if header.shape else None
+        self.recorded = self.length  # the length the header on storage says
+        self.cap = 0
+
+    @property
+    def row_nbytes(self) -> int:
+        return math.prod(self.row_shape) * self.dtype.itemsize
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return () if self.length is None else (self.length, *self.row_shape)
+
+    def flush(self) -> None:
+        """Data first, then the header's new length (see ``_header``)."""
+        buf = self.buf
+        if buf.closed or buf.mode in ("r", "c"):
+            return
+        nbytes = math.prod(self.shape) * self.dtype.itemsize
+        buf.flush(self.offset, nbytes)
+        if self.length != self.recorded:
+            head = encode_header(self.dtype, self.shape, self.fortran, self.offset)
+            buf._pwrite(head, 0)
+            self.recorded = self.length
+
+
+def _finish(state: _State) -> None:
+    """Record the length and release the mapping (close, gc or exit)."""
+    try:
+        state.flush()
+    finally:
+        state.buf.close()
+
+
+def _parse_target(target: Any) -> tuple[str, str]:
+    """``("shm", name)`` or ``("file", absolute path)``."""
+    if isinstance(target, str) and target.startswith(SHM_PREFIX):
+        return "shm", target[len(SHM_PREFIX) :]
+    return "file", str(as_path(target))
+
+
+def _create(kind: str, where: str, mode: str, dtype: Any, shape: Any, capacity: int | None):
+    if dtype is None or shape is None:
+        raise ValueError(f"mode {mode!r} creates the array: pass dtype= and shape=")
+    dt = as_dtype(dtype)
+    shp = as_shape(shape)
+    offset = data_offset_for(dt, len(shp))
+    rows = max(shp[0], capacity or 0) if shp else 1
+    nbytes = max(rows * math.prod(shp[1:]) * dt.itemsize, 1)
+    if kind == "file":
+        buf: MappedBuffer = MappedFile(where, mode, capacity=offset + nbytes)
+    elif mode == "w+":
+        try:
+            buf = SharedBlock.create(where, offset + nbytes)
+        except FileExistsError:  # reinitialise an existing block
+            buf = SharedBlock.open(where)
+            if buf.size < offset + nbytes:
+                buf.resize(offset + nbytes)
+            buf.write_array(offset, np.zeros(min(buf.size - offset, nbytes), np.uint8))
+    else:
+        buf = SharedBlock.create(where, offset + nbytes)
+    try:
+        buf._pwrite(encode_header(dt, shp, False, offset), 0)
+    except BaseException:
+        buf.close()
+        raise
+    return buf
+
+
+def _open(kind: str, where: str, mode: str):
+    if kind == "file":
+        return MappedFile(where, "r+" if mode == "a" else mode)
+    if mode == "c":
+        raise ValueError("mode 'c' (copy-on-write) is for files, not shared blocks")
+    return SharedBlock.open(where, readonly=mode == "r")
+
+
+def open_array(
+    target: str | os.PathLike[str],
+    mode: ArrayMode = "r",
+    *,
+    dtype: Any = None,
+    shape: Any = None,
+    capacity: int | None = None,
+) -> MappedArray:
+    """Open (or create) a growable array stored as a ``.npy`` file or block.
+
+    Parameters
+    ----------
+    target : str or os.PathLike
+        A file path, or ``"shm://NAME"`` for a named shared block.
+    mode : {"r", "r+", "c", "w+", "x+", "a"}, default "r"
+        ``"r"``/``"r+"``/``"c"`` open an existing array (read-only,
+        read-write, copy-on-write); ``"w+"`` creates or truncates (for a
+        block: creates, or reinitialises an existing one); ``"x+"`` creates,
+        ``FileExistsError`` if it exists; ``"a"`` opens read-write, or
+        creates with ``dtype`` and ``shape`` (default ``(0,)``).
+    dtype : data-type, optional
+        Needed when creating.
+    shape : int or tuple of int, optional
+        Needed by ``"w+"``/``"x+"``.
+    capacity : int, optional
+        Rows along axis 0 to reserve (more rows can be appended before the
+        file or block has to grow).
+
+    Returns
+    -------
+    MappedArray
+
+    Raises
+    ------
+    ValueError
+        For a bad mode, missing ``dtype``/``shape`` when creating, a
+        corrupt, truncated or hostile header, or a file shorter than its
+        header says; for ``"a"`` on an old ``.npy`` whose header has no room
+        to record a longer shape.
+    TypeError
+        For object dtypes.
+    FileNotFoundError, FileExistsError, PermissionError
+        As for the underlying file or block.
+
+    Examples
+    --------
+    >>> import mmarray as mm, numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "ticks.npy")
+    >>> rec = np.dtype([("t", "<i8"), ("price", "<f8")])
+    >>> with mm.open_array(path, mode="a", dtype=rec) as ticks:
+    ...     ticks.append(np.array([(1, 99.5), (2, 99.75)], rec))
+    ...     len(ticks)
+    2
+    >>> np.load(path)["price"].tolist()
+    [99.5, 99.75]
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES!r} (got {mode!r})")
+    if capacity is not None:
+        capacity = as_index(capacity, "capacity")
+    kind, where = _parse_target(target)
+    if mode in ("w+", "x+"):
+        buf = _create(kind, where, mode, dtype, shape, capacity)
+    elif mode == "a":
+        try:
+            buf = _open(kind, where, mode)
+        except FileNotFoundError:
+            create_mode = "x+"
+            buf = _create(kind, where, create_mode, dtype, (0,) if shape is None else shape,
+                          capacity)
+    else:
+        buf = _open(kind, where, mode)
+    name = SHM_PREFIX + where if kind == "shm" else where
+    try:
+        return MappedArray._from_buffer(buf, name, mode, capacity)
+    except BaseException:
+        buf.close()
+        raise
+
+
+def _unwrap(obj: Any) -> Any:
+    if isinstance(obj, MappedArray):
+        return obj._view().view(np.ndarray)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_unwrap(x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _unwrap(v) for k, v in obj.items()}
+    return obj
+
+
+class MappedArray(NDArrayOperatorsMixin):
+    """An array whose dtype and shape live in a ``.npy`` header in the
+    mapped bytes, growable along axis 0.  Made by :func:`open_array`.
+
+    Indexing (``a[...]``) reads and writes like an ndarray and returns
+    views of the mapped bytes; ``np.asarray(a)`` is a zero-copy view;
+    numpy functions and operators work and return plain ndarrays.
+
+    Attributes
+    ----------
+    shape, dtype, ndim, size, nbytes
+        As for :class:`numpy.ndarray` (the current length).
+    capacity : int
+        Rows reserved along axis 0 before storage must grow.
+    mode : str
+    target : str
+        The absolute path, or ``"shm://NAME"``.
+    closed : bool
+
+    Notes
+    -----
+    Other readers (``np.load``, another process calling
+    :func:`open_array`) see the length recorded by the last :meth:`flush`
+    or :meth:`close`.  There is one writer per array: appends from several
+    processes at once are not supported.
+    """
+
+    mode: str
+    target: str
+    _state: _State
+    _arr: np.ndarray | None
+    _full: np.ndarray | None
+    _closer: weakref.finalize
+
+    @classmethod
+    def _from_buffer(cls, buf: MappedBuffer, target: str, mode: str, capacity: int | None):
+        size = buf.size
+        head = read_header(buf.read_array(0, np.uint8, min(size, MAX_HEADER_SIZE + 64)), size)
+        self = object.__new__(cls)
+        self.mode = mode
+        self.target = target
+        self._state = s = _State(buf, head)
+        self._growable = (
+            s.length is not None
+            and not (s.fortran and len(head.shape) > 1)
+            and can_grow(head)
+        )
+        if mode == "a" and not self._growable:
+            raise ValueError(
+                f"cannot open {target!r} for appending: {self._why_not_growable()}"
+            )
+        s.cap = s.length if s.length is not None else 0
+        if s.length is not None and s.row_nbytes:
+            s.cap = (size - s.offset) // s.row_nbytes
+        self._closer = weakref.finalize(self, _finish, s)
+        self._full = self._arr = None
+        self._map_rows()
+        if capacity is not None and capacity > s.cap:
+            self._reserve(capacity, exact=True)
+        return self
+
+    def _why_not_growable(self) -> str:
+        s = self._state
+        if s.length is None:
+            return "a 0-d array has no axis to grow"
+        if s.fortran:
+            return "it is stored in Fortran order (append grows C-order arrays along axis 0)"
+        return (
+            "its .npy header has no room to record a longer shape (written by an old "
+            "numpy); re-save it with np.save or open_array(..., 'w+')"
+        )
+
+    # -- the live view ---------------------------------------------------------
+
+    def _map_rows(self) -> None:
+        s = self._state
+        order = "F" if s.fortran else "C"
+        shape = () if s.length is None else (s.cap, *s.row_shape)
+        self._full = s.buf.array(s.dtype, shape, s.offset, order=order)
+        self._arr = None
+
+    def _view(self) -> np.ndarray:
+        arr = self._arr
+        if arr is None:
+            if self._closer.alive is False:
+                raise ValueError("operation on closed MappedArray")
+            s = self._state
+            full = self._full
+            arr = full if s.length is None or s.length == s.cap else full[: s.length]
+            self._arr = arr
+        return arr
+
+    # -- growth ------------------------------------------------------------------
+
+    def _check_growth(self, what: str) -> _State:
+        if not self._closer.alive:
+            raise ValueError("operation on closed MappedArray")
+        if self.mode in ("r", "c"):
+            raise PermissionError(f"cannot {what}: {self.target!r} was opened with mode "
+                                  f"{self.mode!r}")
+        if not self._growable:
+            raise ValueError(f"cannot {what} {self.target!r}: {self._why_not_growable()}")
+        return self._state
+
+    def _reserve(self, rows: int, exact: bool = False) -> None:
+        s = self._state
+        if rows <= s.cap:
+            return
+        if not exact:
+            floor = -(-MIN_GROWTH_BYTES // max(s.row_nbytes, 1))
+            rows = max(rows, s.cap * GROWTH, floor)
+        s.buf.resize(s.offset + max(rows * s.row_nbytes, 1))
+        s.cap = rows
+        self._map_rows()
+
+    def append(self, rows: Any) -> None:
+        """Append rows along axis 0 (a single row is accepted too).
+
+        Storage grows geometrically, so n appends cost O(n) amortised.
+        Views taken before stay valid.  Other readers see the new length
+        after :meth:`flush` or :meth:`close`.
+
+        Raises
+        ------
+        ValueError
+            If the rows do not match the row shape, or the array cannot
+            grow (0-d, Fortran order, or an old header without room).
+        PermissionError
+            If the array was opened read-only or copy-on-write.
+        """
+        s = self._check_growth("append to")
+        if not isinstance(rows, np.ndarray):
+            rows = np.asarray(rows, dtype=s.dtype)
+        if rows.ndim == len(s.row_shape):
+            rows = rows[np.newaxis]
+        if rows.shape[1:] != s.row_shape:
+            raise ValueError(
+                f"rows of shape {rows.shape[1:]} cannot be appended to rows of shape "
+                f"{s.row_shape}"
+            )
+        n = s.length
+        end = n + len(rows)
+        if end > s.cap:
+            self._reserve(end)
+        self._full[n:end] = rows
+        s.length = end
+        self._arr = None
+
+    def resize(self, n: int) -> None:
+        """Set the length along axis 0 to ``n`` rows; new rows read as zero.
+
+        Shrinking keeps the reserved capacity (the file does not shrink).
+        """
+        s = self._check_growth("resize")
+        n = as_index(n, "n")
+        if n > s.cap:
+            self._reserve(n)
+        if n > s.length:
+            self._full[s.length : n] = np.zeros((), s.dtype)
+        s.length = n
+        self._arr = None
+
+    # -- durability and lifetime ---------------------------------------------------
+
+    def flush(self) -> None:
+        """Write the data, then the header's length, to storage.
+
+        After it returns, ``np.load`` and other processes see the current
+        length, and a crash cannot lose the rows written so far.
+        """
+        if not self._closer.alive:
+            raise ValueError("operation on closed MappedArray")
+        self._state.flush()
+
+    def close(self) -> None:
+        """Flush and release the mapping (idempotent).  Views taken before
+        stay valid until they are garbage-collected."""
+        self._full = self._arr = None
+        self._closer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._closer.alive
+
+    def __enter__(self) -> MappedArray:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- ndarray-like surface ----------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._state.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._state.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self._state.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self._state.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self._state.dtype.itemsize
+
+    @property
+    def capacity(self) -> int:
+        return self._state.cap
+
+    def __len__(self) -> int:
+        length = self._state.length
+        if length is None:
+            raise TypeError("len() of a 0-d MappedArray")
+        return length
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._view()[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._view()[key] = value
+
+    def __iter__(self):
+        return iter(self._view())
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        arr = self._view()
+        if copy:
+            return np.array(arr, dtype=dtype, copy=True)
+        if dtype is not None and np.dtype(dtype) != arr.dtype:
+            if copy is False:
+                raise ValueError("a dtype conversion needs a copy")
+            return arr.astype(dtype)
+        return arr
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        out = kwargs.get("out")
+        args = [_unwrap(x) if isinstance(x, MappedArray) else x for x in inputs]
+        if out is not None:
+            kwargs["out"] = tuple(_unwrap(o) for o in out)
+        result = getattr(ufunc, method)(*args, **kwargs)
+        if out is not None and len(out) == 1 and isinstance(out[0], MappedArray):
+            return out[0]
+        return result
+
+    def __array_function__(self, func, types, args, kwargs):
+        return func(*_unwrap(args), **_unwrap(kwargs))
+
+    def __reduce__(self):
+        # Travels as a view of the same bytes with the current shape.
+        return self._view().__reduce_ex__(2)
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"<MappedArray {self.target!r} closed>"
+        s = self._state
+        head = (
+            f"MappedArray({self.target!r}, mode={self.mode!r}, dtype={s.dtype}, "
+            f"shape={s.shape}, capacity={s.cap})"
+        )
+        body = np.array2string(self._view(), threshold=20, edgeitems=3)
+        return f"{head}\n{body}"

@@ -1,0 +1,172 @@
+"""The ``.npy`` header of growable arrays, built on :mod:`numpy.lib.format`.
+
+Layout written by :func:`open_array` (standard ``.npy``, version 1.0 when
+the header fits, else 2.0)::
+
+    offset 0       b"\\x93NUMPY" + version (2 bytes) + header length
+    offset 10/12   "{'descr': ..., 'fortran_order': ..., 'shape': (n, ...), }"
+                   padded with spaces to the data offset, ending in "\\n"
+    DATA_ALIGN*k   the data, C (or Fortran) order; spare capacity follows
+                   the recorded rows and reads as zero
+
+The data starts on a page boundary (:data:`DATA_ALIGN`), so items are
+aligned for any dtype and the header has thousands of spare bytes: a longer
+shape is always rewritten *in place*, as one ``os.pwrite`` of the whole
+header (atomic with respect to a killed process; a byte-wise copy into the
+mapping is not).
+
+Crash-safety rule: the header never claims rows that are not on storage.
+``MappedArray.flush`` first msyncs the data, then rewrites the header with
+the new length.  A writer killed at any moment therefore leaves a file whose
+header describes at most the data flushed before it.
+
+Reading accepts any ``.npy`` that ``np.save`` writes (versions 1.0-3.0).
+The header text is parsed by numpy's literal parser (nothing is executed)
+and its size is bounded by :data:`MAX_HEADER_SIZE`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib import format as npformat
+
+#: Data offset of arrays we create: a page keeps every item aligned.
+DATA_ALIGN = 4096
+#: Longest header text we parse -- numpy's own default limit for ``np.load``.
+MAX_HEADER_SIZE = 10_000
+#: Digits any axis length can need (numpy's room for growth, 21).
+GROWTH_DIGITS = npformat.GROWTH_AXIS_MAX_DIGITS
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a ``.npy`` header says, and where the data starts."""
+
+    version: tuple[int, int]
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+    data_offset: int
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _parse_text(fp: io.BytesIO, version: tuple[int, int]) -> tuple:
+    if version == (1, 0):
+        return npformat.read_array_header_1_0(fp, max_header_size=MAX_HEADER_SIZE)
+    if version == (2, 0):
+        return npformat.read_array_header_2_0(fp, max_header_size=MAX_HEADER_SIZE)
+    # 3.0 is 2.0 with a UTF-8 header; numpy exposes no public reader for it.
+    from numpy.lib import _format_impl
+
+    return _format_impl._read_array_header(fp, version, max_header_size=MAX_HEADER_SIZE)
+
+
+def read_header(data: bytes | memoryview, total_size: int | None = None) -> Header:
+    """Parse the ``.npy`` header at the start of ``data``.
+
+    Parameters
+    ----------
+    data : bytes-like
+        At least the header (more is fine; the first ~10 KB suffice).
+    total_size : int, optional
+        The size of the whole file or block; when given, a header that
+        claims more data than that is rejected.
+
+    Raises
+    ------
+    ValueError
+        For a bad magic string, an unknown version, a truncated or
+        oversized header, unparsable text, bad keys or values, or data
+        past ``total_size``.
+    TypeError
+        For object dtypes (they cannot live in mapped bytes).
+    """
+    fp = io.BytesIO(bytes(data[: MAX_HEADER_SIZE + 64]))
+    try:
+        version = npformat.read_magic(fp)
+        shape, fortran_order, dtype = _parse_text(fp, version)
+    except ValueError as e:
+        raise ValueError(f"not a valid .npy header: {e}") from None
+    except (SyntaxError, TypeError, MemoryError, RecursionError) as e:
+        raise ValueError(f"not a valid .npy header: {type(e).__name__}: {e}") from None
+    if any(n < 0 for n in shape):
+        raise ValueError(f"not a valid .npy header: negative shape {shape}")
+    if dtype.hasobject:
+        raise TypeError(f"object dtypes cannot be mapped (the header says {dtype})")
+    header = Header(version, dtype, tuple(shape), bool(fortran_order), fp.tell())
+    if total_size is not None and header.data_offset + header.nbytes > total_size:
+        raise ValueError(
+            f"the header says {header.shape} of {dtype} ({header.nbytes} bytes from offset "
+            f"{header.data_offset}), but there are only {total_size} bytes"
+        )
+    return header
+
+
+def _text(dtype: np.dtype, shape: tuple[int, ...], fortran_order: bool) -> bytes:
+    """numpy's own header dict for an array, as bytes (no magic, no padding)."""
+    d = {
+        "descr": npformat.dtype_to_descr(dtype),
+        "fortran_order": fortran_order,
+        "shape": shape,
+    }
+    fp = io.BytesIO()
+    try:
+        npformat.write_array_header_2_0(fp, d)
+    except UnicodeEncodeError:
+        raise ValueError(f"field names of {dtype} need a UTF-8 (version 3.0) header") from None
+    raw = fp.getvalue()
+    return raw[12:].rstrip(b" \n")
+
+
+def encode_header(
+    dtype: np.dtype, shape: tuple[int, ...], fortran_order: bool, data_offset: int
+) -> bytes:
+    """The complete header (magic to data), exactly ``data_offset`` bytes.
+
+    Raises
+    ------
+    ValueError
+        If the description does not fit in ``data_offset`` bytes.
+    """
+    text = _text(dtype, shape, fortran_order)
+    for version, prefix_len in (((1, 0), 10), ((2, 0), 12)):
+        room = data_offset - prefix_len - 1  # the final newline
+        if len(text) <= room and (version == (2, 0) or data_offset - prefix_len < 2**16):
+            body = text + b" " * (room - len(text)) + b"\n"
+            fmt = "<H" if version == (1, 0) else "<I"
+            return npformat.magic(*version) + struct.pack(fmt, len(body)) + body
+    raise ValueError(
+        f"the .npy header for {dtype} {shape} does not fit in {data_offset} bytes"
+    )
+
+
+def data_offset_for(dtype: np.dtype, ndim: int) -> int:
+    """Where the data of a new array starts: the first page boundary that
+    leaves room for the header with any axis length."""
+    widest = _text(dtype, (10**GROWTH_DIGITS,) * max(ndim, 1), False)
+    needed = 12 + len(widest) + 1
+    if needed > MAX_HEADER_SIZE:
+        raise ValueError(f"dtype {dtype} is too complex for a .npy header numpy will load")
+    return -(-needed // DATA_ALIGN) * DATA_ALIGN
+
+
+def can_grow(header: Header) -> bool:
+    """Whether the header can record any length along axis 0 in place."""
+    widest = (10**GROWTH_DIGITS, *header.shape[1:]) if header.shape else ()
+    try:
+        encode_header(header.dtype, widest, header.fortran_order, header.data_offset)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,225 @@
+"""A drop-in for :class:`numpy.memmap`: :class:`memmap`.
+
+Same constructor, modes, attributes and behaviour as ``numpy.memmap`` (and
+a subclass of it), plus ``capacity=``, :meth:`memmap.close` and pickling by
+reference.  The difference is under the hood: ``numpy.memmap`` copies its
+attributes into every view with a Python ``__array_finalize__``, which is
+most of the cost of slicing it.  Here views carry nothing; ``filename``,
+``offset`` and ``mode`` are read from the mapping at the end of ``.base``
+when asked for, so the only Python code on indexing is the ``__getitem__``
+that turns fancy-index copies into plain ndarrays.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from typing import Any
+
+import numpy as np
+
+from ._base import as_index
+from ._region import Map, Source, new_map
+from ._views import ARRAY_TYPES, mapping_of, reduce_by_reference, view
+
+#: numpy's long mode names.
+MODE_EQUIVALENTS = {"readonly": "r", "copyonwrite": "c", "readwrite": "r+", "write": "w+"}
+VALID_MODES = ("r", "c", "r+", "w+")
+_FLAGS = {
+    "r": (os.O_RDONLY, "read"),
+    "c": (os.O_RDONLY, "copy"),
+    "r+": (os.O_RDWR, "write"),
+    "w+": (os.O_RDWR | os.O_CREAT | os.O_TRUNC, "write"),
+}
+_MODE_OF_ACCESS = {"read": "r", "copy": "c", "write": "r+"}
+
+
+def _open(filename: Any, mode: str) -> tuple[int, Any, str]:
+    """A descriptor of our own, the ``filename`` numpy would report, and the
+    absolute path to reopen it by (empty for unnamed files)."""
+    if hasattr(filename, "read"):
+        filename.seek(0, 2)  # as numpy does; it also flushes buffered writes
+        fd = os.dup(filename.fileno())
+        name = getattr(filename, "name", None)
+        if isinstance(name, str):
+            path = os.path.abspath(name)
+            return fd, path, path
+        return fd, None, ""
+    flags, _ = _FLAGS[mode]
+    fd = os.open(os.fspath(filename), flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+    path = os.path.abspath(os.fsdecode(os.fspath(filename)))
+    if isinstance(filename, os.PathLike):
+        import pathlib
+
+        return fd, pathlib.Path(filename).resolve(), path
+    return fd, path, path
+
+
+class memmap(np.memmap):  # noqa: N801 -- numpy's name
+    """A :class:`numpy.memmap` that can grow, close and pickle by reference.
+
+    Parameters
+    ----------
+    filename : str, os.PathLike or file object
+    dtype : data-type, default uint8
+    mode : {"r+", "r", "w+", "c"}, default "r+"
+        As for :class:`numpy.memmap` (``"readonly"``, ``"readwrite"``,
+        ``"write"`` and ``"copyonwrite"`` too).
+    offset : int, default 0
+        Byte offset of the array in the file.
+    shape : int or tuple of int, optional
+        Default: 1-D over the rest of the file.
+    order : {"C", "F"}
+    capacity : int, optional
+        Bytes: the file is enlarged (zero-filled, sparse) to at least this
+        size before mapping; with ``shape=None`` the array spans it all.
+
+    Raises
+    ------
+    ValueError
+        As :class:`numpy.memmap` does.
+    PermissionError
+        For a ``capacity`` that would enlarge a file opened ``"r"``/``"c"``.
+
+    Examples
+    --------
+    >>> import mmarray as mm, numpy as np, tempfile, os, pickle
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.dat")
+    >>> m = mm.memmap(path, dtype=np.float32, mode="w+", shape=(3, 4))
+    >>> m[1] = 2.0
+    >>> isinstance(m, np.memmap), type(m + 1).__name__
+    (True, 'ndarray')
+    >>> len(pickle.dumps(m)) < 1000   # a reference, not the data
+    True
+    >>> m.close()
+    """
+
+    # Views run no Python code: numpy skips ndarray's own __array_finalize__.
+    __array_finalize__ = np.ndarray.__array_finalize__
+
+    def __new__(
+        subtype,
+        filename: Any,
+        dtype: Any = np.uint8,
+        mode: str = "r+",
+        offset: int = 0,
+        shape: Any = None,
+        order: str = "C",
+        *,
+        capacity: int | None = None,
+    ):
+        mode = MODE_EQUIVALENTS.get(mode, mode)
+        if mode not in VALID_MODES:
+            all_modes = [*VALID_MODES, *MODE_EQUIVALENTS]
+            raise ValueError(f"mode must be one of {all_modes!r} (got {mode!r})")
+        if mode == "w+" and shape is None and capacity is None:
+            raise ValueError("shape must be given if mode == 'w+'")
+        if capacity is not None:
+            capacity = as_index(capacity, "capacity")
+        offset = as_index(offset, "offset")
+        descr = np.dtype(dtype)
+        if descr.hasobject:
+            raise TypeError(f"object dtypes cannot be mapped (got {descr})")
+        access = _FLAGS[mode][1]
+        fd, filename_attr, path = _open(filename, mode)
+        try:
+            flen = os.fstat(fd).st_size
+            if capacity is not None and capacity > flen:
+                if access != "write":
+                    raise PermissionError(
+                        f"capacity {capacity} would enlarge the file ({flen} bytes), "
+                        f"but mode {mode!r} cannot write"
+                    )
+                os.ftruncate(fd, capacity)
+                flen = capacity
+            if shape is None:
+                nbytes = flen - offset
+                if nbytes < 0 or nbytes % descr.itemsize:
+                    raise ValueError("Size of available data is not a multiple of the data-type size.")
+                shape = (nbytes // descr.itemsize,)
+            else:
+                if not isinstance(shape, (tuple, list)):
+                    try:
+                        shape = [operator.index(shape)]
+                    except TypeError:
+                        pass
+                shape = tuple(int(n) for n in shape)
+            end = offset + int(np.prod(shape, dtype=np.intp)) * descr.itemsize
+            if mode in ("w+", "r+") and flen < max(end, 1):
+                os.ftruncate(fd, max(end, 1))
+                flen = max(end, 1)
+            if flen == 0:
+                raise ValueError("cannot mmap an empty file")
+            if end > flen:
+                raise ValueError("mmap length is greater than file size")
+            m = new_map(fd, flen, Source("file", path, access))
+        finally:
+            os.close(fd)  # the mapping keeps a descriptor of its own
+        m.memmap_attrs = (filename_attr, offset, mode)
+        return view(subtype, m, descr, shape, offset, order=order)
+
+    # -- what numpy.memmap keeps in instance attributes, derived instead -------
+
+    def _attrs(self) -> tuple[Any, Any, Any]:
+        m = mapping_of(self)
+        if m is None:
+            return None, None, None
+        attrs = getattr(m, "memmap_attrs", None)
+        if attrs is None:  # a mapping rebuilt by unpickling
+            offset = self.__array_interface__["data"][0] - m.address
+            attrs = (m.source.target, offset, _MODE_OF_ACCESS[m.source.access])
+            m.memmap_attrs = attrs
+        return attrs
+
+    @property
+    def _mmap(self) -> Map | None:
+        return mapping_of(self)
+
+    @property
+    def filename(self) -> Any:
+        return self._attrs()[0]
+
+    @property
+    def offset(self) -> int | None:
+        return self._attrs()[1]
+
+    @property
+    def mode(self) -> str | None:
+        return self._attrs()[2]
+
+    # -- behaviour --------------------------------------------------------------
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        arr = np.ndarray.__array_wrap__(self, arr, context)
+        if self is arr or type(self) is not memmap:
+            return arr
+        if return_scalar:
+            return arr[()]
+        return arr.view(np.ndarray)
+
+    def __getitem__(self, index):
+        res = np.ndarray.__getitem__(self, index)
+        # A fancy-index copy (its base a plain ndarray) is no longer a memmap.
+        if type(res) is memmap and (res.base is None or type(res.base) is np.ndarray):
+            return res.view(type=np.ndarray)
+        return res
+
+    def flush(self) -> None:
+        """Write changes in the array to the file (msync)."""
+        m = mapping_of(self)
+        if m is not None and not m.closed:
+            m.flush()
+
+    def close(self) -> None:
+        """Flush, and let the mapping go once this array and its views are
+        garbage-collected (it cannot be unmapped while they use it)."""
+        self.flush()
+
+    def __reduce_ex__(self, protocol):
+        return reduce_by_reference(self, "memmap", protocol)
+
+    def __reduce__(self):
+        return self.__reduce_ex__(2)
+
+
+ARRAY_TYPES["memmap"] = memmap
