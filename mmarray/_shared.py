@@ -16,6 +16,7 @@ and nothing here registers with multiprocessing's resource tracker
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -52,7 +53,12 @@ def _require_posix() -> None:
 
 def _shm_open(name: str, flags: int, mode: int = 0o600) -> int:
     _require_posix()
-    return _posixshmem.shm_open("/" + name, flags, mode)
+    try:
+        return _posixshmem.shm_open("/" + name, flags, mode)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "No such shared block", name) from None
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "Shared block exists", name) from None
 
 
 def _identity(fd: int) -> tuple[int, int]:
@@ -80,6 +86,22 @@ class _Owner:
         self.finalizer = weakref.finalize(self, _unlink_if_same, name, ident, os.getpid())
 
 
+def block_sizes() -> dict[str, int]:
+    """``{name: size in bytes}`` of every POSIX shared-memory block, except
+    semaphores (``sem.*``)."""
+    _require_posix()
+    sizes = {}
+    with os.scandir(SHM_DIR) as it:
+        for entry in it:
+            if entry.name.startswith("sem.") or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:  # removed while we looked
+                pass
+    return sizes
+
+
 def shared_blocks() -> list[str]:
     """Sorted names of the POSIX shared-memory blocks that exist now.
 
@@ -93,14 +115,15 @@ def shared_blocks() -> list[str]:
     ...     "doc-shared-blocks" in mm.shared_blocks()
     True
     """
+    return sorted(block_sizes())
+
+
+def remove_block(name: str) -> None:
+    """Remove the name of block ``name`` (``FileNotFoundError`` if missing);
+    processes that map it keep their mappings."""
+    check_name(name)
     _require_posix()
-    names = []
-    with os.scandir(SHM_DIR) as it:
-        for entry in it:
-            if entry.name.startswith("sem.") or not entry.is_file(follow_symlinks=False):
-                continue
-            names.append(entry.name)
-    return sorted(names)
+    _posixshmem.shm_unlink("/" + name)
 
 
 def _reopen(source: Source) -> Map:
@@ -254,11 +277,10 @@ class SharedBlock(MappedBuffer):
 
     def unlink(self) -> None:
         """Remove the name now; mappings already open stay valid."""
-        _require_posix()
         if self._owner is not None:
             self._owner.finalizer.detach()
         try:
-            _posixshmem.shm_unlink("/" + self.name)
+            remove_block(self.name)
         except FileNotFoundError:
             pass
 
