@@ -10,6 +10,12 @@ from ._shared import SharedBlock, shared_blocks
 
 __version__ = "0.1.0"
 
-__all__ = sorted(
-    ["MappedArray", "MappedFile", "SharedBlock", "__version__", "memmap", "open_array", "shared_blocks"]
-)
+__all__ = [
+    "MappedArray",
+    "MappedFile",
+    "SharedBlock",
+    "__version__",
+    "memmap",
+    "open_array",
+    "shared_blocks",
+]

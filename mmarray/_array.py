@@ -17,8 +17,8 @@ import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from ._base import MappedBuffer, as_dtype, as_index, as_shape
-from ._file import MappedFile, as_path
-from ._header import MAX_HEADER_SIZE, can_grow, data_offset_for, encode_header, read_header
+from ._file import MappedFile, abspath
+from ._header import can_grow, data_offset_for, encode_header, read_header
 from ._shared import SharedBlock
 
 ArrayMode = Literal["r", "r+", "c", "w+", "x+", "a"]
@@ -33,7 +33,7 @@ MIN_GROWTH_BYTES = 1 << 16
 class _State:
     """The mutable part of a MappedArray, shared with its finalizer."""
 
-    __slots__ = ("buf", "cap", "fortran", "length", "offset", "recorded", "row_shape", "dtype")
+    __slots__ = ("buf", "cap", "dtype", "fortran", "length", "offset", "recorded", "row_shape")
 
     def __init__(self, buf: MappedBuffer, header: Any) -> None:
         self.buf = buf
@@ -78,7 +78,7 @@ def _parse_target(target: Any) -> tuple[str, str]:
     """``("shm", name)`` or ``("file", absolute path)``."""
     if isinstance(target, str) and target.startswith(SHM_PREFIX):
         return "shm", target[len(SHM_PREFIX) :]
-    return "file", str(as_path(target))
+    return "file", abspath(target)
 
 
 def _create(kind: str, where: str, mode: str, dtype: Any, shape: Any, capacity: int | None):
@@ -98,7 +98,7 @@ def _create(kind: str, where: str, mode: str, dtype: Any, shape: Any, capacity: 
             buf = SharedBlock.open(where)
             if buf.size < offset + nbytes:
                 buf.resize(offset + nbytes)
-            buf.write_array(offset, np.zeros(min(buf.size - offset, nbytes), np.uint8))
+            buf.array(np.uint8, min(buf.size - offset, nbytes), offset)[:] = 0
     else:
         buf = SharedBlock.create(where, offset + nbytes)
     try:
@@ -244,22 +244,21 @@ class MappedArray(NDArrayOperatorsMixin):
     @classmethod
     def _from_buffer(cls, buf: MappedBuffer, target: str, mode: str, capacity: int | None):
         size = buf.size
-        head = read_header(buf.read_array(0, np.uint8, min(size, MAX_HEADER_SIZE + 64)), size)
+        head = read_header(buf._map(), size)
         self = object.__new__(cls)
         self.mode = mode
         self.target = target
         self._state = s = _State(buf, head)
-        self._growable = (
-            s.length is not None
-            and not (s.fortran and len(head.shape) > 1)
-            and can_grow(head)
-        )
-        if mode == "a" and not self._growable:
+        self._growable = None if mode in ("r+", "a", "w+", "x+") else False
+        self._header = head
+        if mode == "a" and not self.growable:
             raise ValueError(
                 f"cannot open {target!r} for appending: {self._why_not_growable()}"
             )
         s.cap = s.length if s.length is not None else 0
-        if s.length is not None and s.row_nbytes:
+        if s.length is not None and not (s.fortran and len(head.shape) > 1) and s.row_nbytes:
+            # Rows past the recorded length are reserved capacity (C order
+            # only: in Fortran order the layout depends on the length).
             s.cap = (size - s.offset) // s.row_nbytes
         self._closer = weakref.finalize(self, _finish, s)
         self._full = self._arr = None
@@ -267,6 +266,18 @@ class MappedArray(NDArrayOperatorsMixin):
         if capacity is not None and capacity > s.cap:
             self._reserve(capacity, exact=True)
         return self
+
+    @property
+    def growable(self) -> bool:
+        """Whether :meth:`append` and :meth:`resize` can change the length."""
+        if self._growable is None:
+            s, head = self._state, self._header
+            self._growable = (
+                s.length is not None
+                and not (s.fortran and len(head.shape) > 1)
+                and can_grow(head)
+            )
+        return self._growable
 
     def _why_not_growable(self) -> str:
         s = self._state
@@ -307,7 +318,7 @@ class MappedArray(NDArrayOperatorsMixin):
         if self.mode in ("r", "c"):
             raise PermissionError(f"cannot {what}: {self.target!r} was opened with mode "
                                   f"{self.mode!r}")
-        if not self._growable:
+        if not self.growable:
             raise ValueError(f"cannot {what} {self.target!r}: {self._why_not_growable()}")
         return self._state
 
@@ -318,7 +329,9 @@ class MappedArray(NDArrayOperatorsMixin):
         if not exact:
             floor = -(-MIN_GROWTH_BYTES // max(s.row_nbytes, 1))
             rows = max(rows, s.cap * GROWTH, floor)
-        s.buf.resize(s.offset + max(rows * s.row_nbytes, 1))
+        needed = s.offset + rows * s.row_nbytes
+        if needed > s.buf.size:
+            s.buf.resize(needed)
         s.cap = rows
         self._map_rows()
 

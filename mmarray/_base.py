@@ -108,10 +108,7 @@ class MappedBuffer:
         size = len(m)
         if offset > size:
             raise ValueError(f"offset {offset} is past the end of the mapping ({size} bytes)")
-        if shape is None:
-            shape = ((size - offset) // dt.itemsize,)
-        else:
-            shape = as_shape(shape)
+        shape = ((size - offset) // dt.itemsize,) if shape is None else as_shape(shape)
         nbytes = math.prod(shape) * dt.itemsize
         if offset + nbytes > size:
             raise ValueError(
@@ -282,6 +279,8 @@ class MappedBuffer:
         """``(start, length)`` page-aligned, covering ``[offset, offset+size)``."""
         total = self.size
         offset = as_index(offset, "offset")
+        if offset > total:
+            raise ValueError(f"offset {offset} is past the end of the mapping ({total} bytes)")
         size = total - offset if size is None else as_index(size, "size")
         if offset + size > total:
             raise ValueError(
@@ -316,6 +315,10 @@ class MappedBuffer:
             raise ValueError(f"hint must be one of {tuple(ADVICE)!r} (got {hint!r})")
         start, length = self._byte_range(offset, size)
         flag = getattr(mmap, ADVICE[hint], None)
+        if hint == "dontneed" and self.mode == "c":
+            # On a private mapping MADV_DONTNEED throws away the copied pages:
+            # a hint must never lose data.
+            return
         if flag is not None and length:
             self._map().madvise(flag, start, length)
 

@@ -5,8 +5,11 @@ This is the only module that opens and sizes files for mapping.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pathlib
+import stat
 from typing import Any, Literal
 
 from ._base import MappedBuffer, as_index
@@ -26,18 +29,18 @@ _MODES: dict[str, tuple[int, str]] = {
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def as_path(path: Any) -> pathlib.Path:
-    """``path`` (str or os.PathLike) as an absolute :class:`pathlib.Path`."""
+def abspath(path: Any) -> str:
+    """``path`` (str or os.PathLike) as an absolute path string."""
     try:
         name = os.fsdecode(os.fspath(path))
     except TypeError:
         raise TypeError(
             f"path must be a str or os.PathLike (got {type(path).__name__})"
         ) from None
-    return pathlib.Path(os.path.abspath(name))
+    return os.path.abspath(name)
 
 
-def open_file(path: pathlib.Path, mode: str, capacity: int | None) -> tuple[int, str]:
+def open_file(path: str, mode: str, capacity: int | None) -> tuple[int, str]:
     """Open ``path`` for mapping in ``mode``, sized to at least ``capacity``.
 
     Returns the descriptor and the mapping access.  Validates the mode and
@@ -53,7 +56,10 @@ def open_file(path: pathlib.Path, mode: str, capacity: int | None) -> tuple[int,
         raise ValueError(f"mode {mode!r} creates the file: pass capacity= (its size in bytes)")
     fd = os.open(path, flags | _CLOEXEC, 0o666)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        size = st.st_size
         if capacity is not None and capacity != size:
             if capacity < size:
                 raise ValueError(
@@ -62,13 +68,13 @@ def open_file(path: pathlib.Path, mode: str, capacity: int | None) -> tuple[int,
                 )
             if access != "write":
                 raise PermissionError(
-                    f"capacity {capacity} would enlarge {str(path)!r} ({size} bytes), "
+                    f"capacity {capacity} would enlarge {path!r} ({size} bytes), "
                     f"but mode {mode!r} cannot write"
                 )
             # ftruncate leaves a hole: sparse where the filesystem allows.
             os.ftruncate(fd, capacity)
         elif size == 0:
-            raise ValueError(f"{str(path)!r} is empty: pass capacity= to give it a size")
+            raise ValueError(f"{path!r} is empty: pass capacity= to give it a size")
     except BaseException:
         os.close(fd)
         if mode in ("w+", "x+"):
@@ -77,11 +83,9 @@ def open_file(path: pathlib.Path, mode: str, capacity: int | None) -> tuple[int,
     return fd, access
 
 
-def _remove_quietly(path: pathlib.Path) -> None:
-    try:
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def _reopen(source: Source) -> Map:
@@ -149,22 +153,28 @@ class MappedFile(MappedBuffer):
 
     _kind = "file"
     _can_shrink = True
+    _path = ""
 
     def __init__(
         self, path: str | os.PathLike[str], mode: FileMode = "r", *, capacity: int | None = None
     ) -> None:
-        self.path = as_path(path)
-        fd, access = open_file(self.path, mode, capacity)
+        self._path = abspath(path)
+        fd, access = open_file(self._path, mode, capacity)
         self.mode = mode
-        self._region = Region(fd, Source("file", str(self.path), access))
+        self._region = Region(fd, Source("file", self._path, access))
         self._closed = False
 
+    @property
+    def path(self) -> pathlib.Path:
+        """The absolute path of the file."""
+        return pathlib.Path(self._path)
+
     def _describe(self) -> str:
-        return repr(str(self.path))
+        return repr(self._path)
 
     def __reduce__(self):
         if self._closed:
             raise ValueError("cannot pickle a closed MappedFile")
         # Reopening must never truncate: creation modes come back as "r+".
         mode = "r+" if self.mode in ("w+", "x+") else self.mode
-        return (type(self), (str(self.path), mode))
+        return (type(self), (self._path, mode))

@@ -79,7 +79,8 @@ def read_header(data: bytes | memoryview, total_size: int | None = None) -> Head
     Parameters
     ----------
     data : bytes-like
-        At least the header (more is fine; the first ~10 KB suffice).
+        The start of the file or block (an ``mmap`` is read without a
+        copy; only the header's bytes are touched).
     total_size : int, optional
         The size of the whole file or block; when given, a header that
         claims more data than that is rejected.
@@ -93,25 +94,50 @@ def read_header(data: bytes | memoryview, total_size: int | None = None) -> Head
     TypeError
         For object dtypes (they cannot live in mapped bytes).
     """
-    fp = io.BytesIO(bytes(data[: MAX_HEADER_SIZE + 64]))
+    view = memoryview(data)  # zero-copy: read only the bytes the header has
     try:
-        version = npformat.read_magic(fp)
-        shape, fortran_order, dtype = _parse_text(fp, version)
+        magic = bytes(view[: npformat.MAGIC_LEN])
+        version = npformat.read_magic(io.BytesIO(magic))
+        length_format = "<H" if version == (1, 0) else "<I"
+        start = npformat.MAGIC_LEN + struct.calcsize(length_format)
+        (length,) = struct.unpack(length_format, _exactly(view, npformat.MAGIC_LEN, start))
+        if length > MAX_HEADER_SIZE:
+            raise ValueError(f"header length {length} is larger than {MAX_HEADER_SIZE}")
+        text = _exactly(view, start, start + length)
+        data_offset = start + length
+        # Our headers carry thousands of bytes of padding; numpy's parser
+        # gives the same answer without it, several times faster.
+        end = text.rfind(b"}")
+        if end >= 0 and text.count(b" ", end + 1) == len(text) - end - 2 and text[-1:] == b"\n":
+            text = text[: end + 1] + b"\n"
+        stripped = io.BytesIO(struct.pack(length_format, len(text)) + text)
+        shape, fortran_order, dtype = _parse_text(stripped, version)
     except ValueError as e:
         raise ValueError(f"not a valid .npy header: {e}") from None
     except (SyntaxError, TypeError, MemoryError, RecursionError) as e:
         raise ValueError(f"not a valid .npy header: {type(e).__name__}: {e}") from None
+    finally:
+        view.release()
     if any(n < 0 for n in shape):
         raise ValueError(f"not a valid .npy header: negative shape {shape}")
     if dtype.hasobject:
         raise TypeError(f"object dtypes cannot be mapped (the header says {dtype})")
-    header = Header(version, dtype, tuple(shape), bool(fortran_order), fp.tell())
+    header = Header(version, dtype, tuple(shape), bool(fortran_order), data_offset)
     if total_size is not None and header.data_offset + header.nbytes > total_size:
         raise ValueError(
             f"the header says {header.shape} of {dtype} ({header.nbytes} bytes from offset "
             f"{header.data_offset}), but there are only {total_size} bytes"
         )
     return header
+
+
+def _exactly(view: memoryview, start: int, stop: int) -> bytes:
+    data = bytes(view[start:stop])
+    if len(data) != stop - start:
+        raise ValueError(
+            f"the header is truncated: expected {stop} bytes, the data has {len(view)}"
+        )
+    return data
 
 
 def _text(dtype: np.dtype, shape: tuple[int, ...], fortran_order: bool) -> bytes:

@@ -12,6 +12,7 @@ that turns fancy-index copies into plain ndarrays.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 from typing import Any
@@ -55,7 +56,7 @@ def _open(filename: Any, mode: str) -> tuple[int, Any, str]:
     return fd, path, path
 
 
-class memmap(np.memmap):  # noqa: N801 -- numpy's name
+class memmap(np.memmap):
     """A :class:`numpy.memmap` that can grow, close and pickle by reference.
 
     Parameters
@@ -135,14 +136,14 @@ class memmap(np.memmap):  # noqa: N801 -- numpy's name
             if shape is None:
                 nbytes = flen - offset
                 if nbytes < 0 or nbytes % descr.itemsize:
-                    raise ValueError("Size of available data is not a multiple of the data-type size.")
+                    raise ValueError(
+                        "Size of available data is not a multiple of the data-type size."
+                    )
                 shape = (nbytes // descr.itemsize,)
             else:
                 if not isinstance(shape, (tuple, list)):
-                    try:
+                    with contextlib.suppress(TypeError):
                         shape = [operator.index(shape)]
-                    except TypeError:
-                        pass
                 shape = tuple(int(n) for n in shape)
             end = offset + int(np.prod(shape, dtype=np.intp)) * descr.itemsize
             if mode in ("w+", "r+") and flen < max(end, 1):

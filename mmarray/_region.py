@@ -68,6 +68,12 @@ class Map(mmap.mmap):
     owner: Any
 
 
+#: Every live mapping in this process, by the (device, inode) it maps: a
+#: file must not shrink under a mapping made by another handle, or by
+#: unpickling, in this process.
+_MAPS: dict[tuple[int, int], weakref.WeakSet[Map]] = {}
+
+
 def new_map(fd: int, size: int, source: Source, owner: Any = None) -> Map:
     """Map ``size`` bytes of ``fd`` from offset 0."""
     m = Map(fd, size, access=_ACCESS[source.access])
@@ -75,7 +81,22 @@ def new_map(fd: int, size: int, source: Source, owner: Any = None) -> Map:
     # The address lets a view find its offset inside the mapping.
     m.address = _address_of(m)
     m.owner = owner
+    st = os.fstat(fd)
+    if len(_MAPS) > 256:
+        for key in [k for k, maps in _MAPS.items() if not maps]:
+            del _MAPS[key]
+    _MAPS.setdefault((st.st_dev, st.st_ino), weakref.WeakSet()).add(m)
     return m
+
+
+def _mapped_elsewhere(fd: int, mine: list[Map], size: int) -> bool:
+    """Whether a live mapping of ``fd``'s file other than ``mine`` reaches
+    past ``size`` bytes."""
+    st = os.fstat(fd)
+    return any(
+        m not in mine and not m.closed and len(m) > size
+        for m in list(_MAPS.get((st.st_dev, st.st_ino), ()))
+    )
 
 
 def _address_of(m: mmap.mmap) -> int:
@@ -136,7 +157,7 @@ class Region:
             self.map = new_map(self.fd, size, self.source, self.owner)
             self._retire(old)
             return
-        self._unmap_all_or_raise()
+        self._unmap_all_or_raise(size)
         try:
             os.ftruncate(self.fd, size)
         finally:
@@ -148,10 +169,15 @@ class Region:
             self._retired.append(weakref.ref(m))
         self._retired = [r for r in self._retired if r() is not None]
 
-    def _unmap_all_or_raise(self) -> None:
+    def _unmap_all_or_raise(self, size: int) -> None:
         maps = [m for m in (r() for r in self._retired) if m is not None]
         assert self.map is not None
         maps.append(self.map)  # last: it stays usable if an older one is busy
+        if _mapped_elsewhere(self.fd, maps, size):
+            raise BufferError(
+                "cannot shrink: the file is also mapped by another handle or an "
+                "unpickled array in this process"
+            )
         for m in maps:
             if not try_unmap(m):
                 raise BufferError(

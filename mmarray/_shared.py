@@ -16,6 +16,7 @@ and nothing here registers with multiprocessing's resource tracker
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -33,7 +34,7 @@ if _USE_POSIX:
 #: Where Linux keeps POSIX shared memory (used to list blocks and stat names).
 SHM_DIR = "/dev/shm"
 NAME_MAX = 200
-_NAME_RE = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9._\-]{0,%d}" % (NAME_MAX - 1))
+_NAME_RE = re.compile(rf"[A-Za-z0-9_\-][A-Za-z0-9._\-]{{0,{NAME_MAX - 1}}}")
 _NAME_RULE = f"1-{NAME_MAX} characters of [A-Za-z0-9._-], not starting with '.'"
 
 
@@ -95,10 +96,8 @@ def block_sizes() -> dict[str, int]:
         for entry in it:
             if entry.name.startswith("sem.") or not entry.is_file(follow_symlinks=False):
                 continue
-            try:
+            with contextlib.suppress(FileNotFoundError):  # removed while we looked
                 sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
-            except FileNotFoundError:  # removed while we looked
-                pass
     return sizes
 
 
@@ -279,10 +278,8 @@ class SharedBlock(MappedBuffer):
         """Remove the name now; mappings already open stay valid."""
         if self._owner is not None:
             self._owner.finalizer.detach()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             remove_block(self.name)
-        except FileNotFoundError:
-            pass
 
     def close(self) -> None:
         """Release the handle; an owner (without ``persist``) removes the name."""
