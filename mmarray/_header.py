@@ -39,6 +39,8 @@ from numpy.lib import format as npformat
 DATA_ALIGN = 4096
 #: Longest header text we parse -- numpy's own default limit for ``np.load``.
 MAX_HEADER_SIZE = 10_000
+#: The format versions numpy writes (and we read).
+VERSIONS = ((1, 0), (2, 0), (3, 0))
 #: Digits any axis length can need (numpy's room for growth, 21).
 GROWTH_DIGITS = npformat.GROWTH_AXIS_MAX_DIGITS
 
@@ -62,15 +64,23 @@ class Header:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
+def _numpy_format_impl():
+    """numpy's format module with its private helpers (1.x and 2.x)."""
+    try:
+        from numpy.lib import _format_impl
+    except ImportError:  # numpy < 2
+        return npformat
+    return _format_impl
+
+
 def _parse_text(fp: io.BytesIO, version: tuple[int, int]) -> tuple:
     if version == (1, 0):
         return npformat.read_array_header_1_0(fp, max_header_size=MAX_HEADER_SIZE)
     if version == (2, 0):
         return npformat.read_array_header_2_0(fp, max_header_size=MAX_HEADER_SIZE)
     # 3.0 is 2.0 with a UTF-8 header; numpy exposes no public reader for it.
-    from numpy.lib import _format_impl
-
-    return _format_impl._read_array_header(fp, version, max_header_size=MAX_HEADER_SIZE)
+    impl = _numpy_format_impl()
+    return impl._read_array_header(fp, version, max_header_size=MAX_HEADER_SIZE)
 
 
 def read_header(data: bytes | memoryview, total_size: int | None = None) -> Header:
@@ -98,6 +108,8 @@ def read_header(data: bytes | memoryview, total_size: int | None = None) -> Head
     try:
         magic = bytes(view[: npformat.MAGIC_LEN])
         version = npformat.read_magic(io.BytesIO(magic))
+        if version not in VERSIONS:
+            raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
         length_format = "<H" if version == (1, 0) else "<I"
         start = npformat.MAGIC_LEN + struct.calcsize(length_format)
         (length,) = struct.unpack(length_format, _exactly(view, npformat.MAGIC_LEN, start))
@@ -114,7 +126,7 @@ def read_header(data: bytes | memoryview, total_size: int | None = None) -> Head
         shape, fortran_order, dtype = _parse_text(stripped, version)
     except ValueError as e:
         raise ValueError(f"not a valid .npy header: {e}") from None
-    except (SyntaxError, TypeError, MemoryError, RecursionError) as e:
+    except Exception as e:  # SyntaxError, tokenize.TokenError, MemoryError, ...
         raise ValueError(f"not a valid .npy header: {type(e).__name__}: {e}") from None
     finally:
         view.release()
@@ -140,8 +152,9 @@ def _exactly(view: memoryview, start: int, stop: int) -> bytes:
     return data
 
 
-def _text(dtype: np.dtype, shape: tuple[int, ...], fortran_order: bool) -> bytes:
-    """numpy's own header dict for an array, as bytes (no magic, no padding)."""
+def _text(dtype: np.dtype, shape: tuple[int, ...], fortran_order: bool) -> tuple[bytes, bool]:
+    """numpy's own header dict for an array, as bytes (no magic, no padding),
+    and whether it needs UTF-8 (a version 3.0 header: non-latin-1 names)."""
     d = {
         "descr": npformat.dtype_to_descr(dtype),
         "fortran_order": fortran_order,
@@ -150,10 +163,12 @@ def _text(dtype: np.dtype, shape: tuple[int, ...], fortran_order: bool) -> bytes
     fp = io.BytesIO()
     try:
         npformat.write_array_header_2_0(fp, d)
+        utf8 = False
     except UnicodeEncodeError:
-        raise ValueError(f"field names of {dtype} need a UTF-8 (version 3.0) header") from None
-    raw = fp.getvalue()
-    return raw[12:].rstrip(b" \n")
+        fp = io.BytesIO()
+        _numpy_format_impl()._write_array_header(fp, d, (3, 0))
+        utf8 = True
+    return fp.getvalue()[12:].rstrip(b" \n"), utf8
 
 
 def encode_header(
@@ -161,15 +176,18 @@ def encode_header(
 ) -> bytes:
     """The complete header (magic to data), exactly ``data_offset`` bytes.
 
+    Version 1.0 when it fits, else 2.0; 3.0 when field names need UTF-8.
+
     Raises
     ------
     ValueError
         If the description does not fit in ``data_offset`` bytes.
     """
-    text = _text(dtype, shape, fortran_order)
-    for version, prefix_len in (((1, 0), 10), ((2, 0), 12)):
+    text, utf8 = _text(dtype, shape, fortran_order)
+    versions = (((3, 0), 12),) if utf8 else (((1, 0), 10), ((2, 0), 12))
+    for version, prefix_len in versions:
         room = data_offset - prefix_len - 1  # the final newline
-        if len(text) <= room and (version == (2, 0) or data_offset - prefix_len < 2**16):
+        if len(text) <= room and (version != (1, 0) or data_offset - prefix_len < 2**16):
             body = text + b" " * (room - len(text)) + b"\n"
             fmt = "<H" if version == (1, 0) else "<I"
             return npformat.magic(*version) + struct.pack(fmt, len(body)) + body
@@ -181,7 +199,7 @@ def encode_header(
 def data_offset_for(dtype: np.dtype, ndim: int) -> int:
     """Where the data of a new array starts: the first page boundary that
     leaves room for the header with any axis length."""
-    widest = _text(dtype, (10**GROWTH_DIGITS,) * max(ndim, 1), False)
+    widest, _ = _text(dtype, (10**GROWTH_DIGITS,) * max(ndim, 1), False)
     needed = 12 + len(widest) + 1
     if needed > MAX_HEADER_SIZE:
         raise ValueError(f"dtype {dtype} is too complex for a .npy header numpy will load")

@@ -102,10 +102,20 @@ def block_sizes() -> dict[str, int]:
 
 
 def shared_blocks() -> list[str]:
-    """Sorted names of the POSIX shared-memory blocks that exist now.
+    """Names of the POSIX shared-memory blocks that exist now.
 
     Lists every block, whoever made it; POSIX semaphores (``sem.*``) are
     left out.
+
+    Returns
+    -------
+    list of str
+        Sorted names (without the leading ``/`` of ``shm_open``).
+
+    Raises
+    ------
+    NotImplementedError
+        On platforms other than Linux.
 
     Examples
     --------
@@ -145,6 +155,11 @@ class SharedBlock(MappedBuffer):
     (not with the constructor).  The typed-view API is the same as
     :class:`MappedFile`'s; blocks can grow but never shrink.
 
+    Parameters
+    ----------
+    *args, **kwargs
+        Not accepted: the constructor only raises ``TypeError``.
+
     Attributes
     ----------
     name : str
@@ -153,6 +168,11 @@ class SharedBlock(MappedBuffer):
         True for the handle that created the block (it removes the name
         when closed, unless created with ``persist=True``).
     readonly, closed : bool
+
+    Raises
+    ------
+    TypeError
+        When called directly.
 
     Examples
     --------
@@ -177,11 +197,13 @@ class SharedBlock(MappedBuffer):
         )
 
     @classmethod
-    def _attach(cls, name: str, fd: int, mode: str, owner: _Owner | None) -> SharedBlock:
+    def _attach(
+        cls, name: str, fd: int, mode: str, owner: _Owner | None, created: bool
+    ) -> SharedBlock:
         self = object.__new__(cls)
         self.name = name
         self.mode = mode
-        self.owner = owner is not None
+        self.owner = created
         self._owner = owner
         access = "read" if mode == "r" else "write"
         self._region = Region(fd, Source("shm", name, access), owner)
@@ -222,7 +244,7 @@ class SharedBlock(MappedBuffer):
             _posixshmem.shm_unlink("/" + name)
             raise
         try:
-            return cls._attach(name, fd, "r+", owner)
+            return cls._attach(name, fd, "r+", owner, created=True)
         except BaseException:
             if owner is not None:
                 owner.finalizer()
@@ -232,10 +254,33 @@ class SharedBlock(MappedBuffer):
     def open(cls, name: str, *, readonly: bool = False) -> SharedBlock:
         """Open an existing block; this handle never removes it.
 
+        Parameters
+        ----------
+        name : str
+            The block's name.
+        readonly : bool, default False
+            Map it read-only: arrays are read-only and writes raise
+            ``PermissionError``.
+
+        Returns
+        -------
+        SharedBlock
+            A handle that does not own the name.
+
         Raises
         ------
         FileNotFoundError
             If no block has that name.
+        ValueError
+            For a bad name, or a block of size 0.
+
+        Examples
+        --------
+        >>> import mmarray as mm
+        >>> with mm.SharedBlock.create("doc-open", 100) as blk:
+        ...     with mm.SharedBlock.open("doc-open", readonly=True) as ro:
+        ...         ro.size, ro.owner, ro.readonly
+        (100, False, True)
         """
         name = check_name(name)
         fd = _shm_open(name, os.O_RDONLY if readonly else os.O_RDWR)
@@ -245,16 +290,39 @@ class SharedBlock(MappedBuffer):
         except BaseException:
             os.close(fd)
             raise
-        return cls._attach(name, fd, "r" if readonly else "r+", None)
+        return cls._attach(name, fd, "r" if readonly else "r+", None, created=False)
 
     @classmethod
     def create_or_open(cls, name: str, size: int) -> SharedBlock:
         """Open the block ``name``, or create it with ``size`` bytes.
 
+        Parameters
+        ----------
+        name : str
+            The block's name.
+        size : int
+            Bytes to create it with; an existing block must have at least
+            this many.
+
+        Returns
+        -------
+        SharedBlock
+            The owner handle if this call created the block, else a plain
+            handle.
+
         Raises
         ------
         ValueError
-            If the existing block is smaller than ``size``.
+            If the existing block is smaller than ``size``, or for a bad
+            name or size.
+
+        Examples
+        --------
+        >>> import mmarray as mm
+        >>> with mm.SharedBlock.create_or_open("doc-coo", 64) as a:
+        ...     with mm.SharedBlock.create_or_open("doc-coo", 32) as b:
+        ...         a.owner, b.owner, b.size
+        (True, False, 64)
         """
         size = as_index(size, "size", minimum=1)
         while True:
