@@ -154,7 +154,13 @@ class Region:
             return
         if size > len(old):
             os.ftruncate(self.fd, size)
-            self.map = new_map(self.fd, size, self.source, self.owner)
+            try:
+                self.map = new_map(self.fd, size, self.source, self.owner)
+            except BaseException:
+                # tmpfs accepts sizes it cannot map (ENOMEM): leave the
+                # storage as it was, or nobody could open it again.
+                os.ftruncate(self.fd, len(old))
+                raise
             self._retire(old)
             return
         self._unmap_all_or_raise(size)
