@@ -4,6 +4,7 @@ See the README and ``docs/`` for the guide.
 """
 
 from ._array import MappedArray, open_array
+from ._dask import to_dask
 from ._file import MappedFile
 from ._memmap import memmap
 from ._shared import SharedBlock, shared_blocks
@@ -18,4 +19,5 @@ __all__ = [
     "memmap",
     "open_array",
     "shared_blocks",
+    "to_dask",
 ]

@@ -91,9 +91,11 @@ def _parse_target(target: Any) -> tuple[str, str]:
     return "file", abspath(target)
 
 
-def _create(kind: str, where: str, mode: str, dtype: Any, shape: Any, capacity: int | None):
+def _create(
+    kind: str, where: str, mode: str, dtype: Any, shape: Any, capacity: int | None, why: str = ""
+):
     if dtype is None or shape is None:
-        raise ValueError(f"mode {mode!r} creates the array: pass dtype= and shape=")
+        raise ValueError(f"{why or f'mode {mode!r} creates the array'}: pass dtype= and shape=")
     dt = as_dtype(dtype)
     shp = as_shape(shape)
     offset = data_offset_for(dt, len(shp))
@@ -190,21 +192,48 @@ def open_array(
     kind, where = _parse_target(target)
     if mode in ("w+", "x+"):
         buf = _create(kind, where, mode, dtype, shape, capacity)
+    elif mode == "a" and kind == "file" and _is_empty_file(where):
+        # An empty file holds no array yet: "a" creates one in it.
+        buf = _create(kind, where, "w+", dtype, (0,) if shape is None else shape, capacity,
+                      why=f"{where!r} is empty: mode 'a' creates an array in it")
     elif mode == "a":
         try:
             buf = _open(kind, where, mode)
         except FileNotFoundError:
-            create_mode = "x+"
-            buf = _create(kind, where, create_mode, dtype, (0,) if shape is None else shape,
-                          capacity)
+            buf = _create(kind, where, "x+", dtype, (0,) if shape is None else shape, capacity,
+                          why=f"{target!r} does not exist: mode 'a' creates it")
     else:
         buf = _open(kind, where, mode)
     name = SHM_PREFIX + where if kind == "shm" else where
     try:
-        return MappedArray._from_buffer(buf, name, mode, capacity)
+        arr = MappedArray._from_buffer(buf, name, mode, capacity)
+        _check_matches(arr, dtype, shape)
     except BaseException:
         buf.close()
         raise
+    return arr
+
+
+def _is_empty_file(path: str) -> bool:
+    try:
+        return os.stat(path).st_size == 0
+    except FileNotFoundError:
+        return False
+
+
+def _check_matches(arr: MappedArray, dtype: Any, shape: Any) -> None:
+    """An existing array must have the dtype and row shape the caller expects."""
+    if dtype is not None and as_dtype(dtype) != arr.dtype:
+        raise ValueError(
+            f"{arr.target!r} holds {arr.dtype}, not the requested dtype {np.dtype(dtype)}"
+        )
+    if shape is not None:
+        rows = as_shape(shape)[1:]
+        if rows != arr.shape[1:] or (not as_shape(shape)) != (not arr.shape):
+            raise ValueError(
+                f"{arr.target!r} holds rows of shape {arr.shape[1:]} (shape {arr.shape}), "
+                f"not the requested shape {as_shape(shape)}"
+            )
 
 
 def _unwrap(obj: Any) -> Any:
@@ -445,10 +474,13 @@ class MappedArray(NDArrayOperatorsMixin):
         """
         s = self._check_growth("resize")
         n = as_index(n, "n")
+        old_cap = s.cap
         if n > s.cap:
             self._reserve(n)
         if n > s.length:
-            self._full[s.length : n] = np.zeros((), s.dtype)
+            # Rows past the old capacity are fresh (zero, and sparse where the
+            # filesystem allows); only rows left over from a shrink need zeros.
+            self._raw[s.length * s.row_nbytes : min(n, old_cap) * s.row_nbytes] = 0
         s.length = n
         self._arr = None
 

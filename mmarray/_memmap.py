@@ -217,7 +217,8 @@ class memmap(np.memmap):
         self.flush()
 
     def __reduce_ex__(self, protocol):
-        return reduce_by_reference(self, "memmap", protocol)
+        kind = "memmap" if type(self) is memmap else type(self)
+        return reduce_by_reference(self, kind, protocol)
 
     def __reduce__(self):
         return self.__reduce_ex__(2)

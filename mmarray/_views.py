@@ -70,9 +70,13 @@ def reference(arr: np.ndarray) -> tuple | None:
 
 
 def reduce_by_reference(
-    arr: np.ndarray, kind: str, protocol: int, value_type: type[np.ndarray] = np.ndarray
+    arr: np.ndarray,
+    kind: str | type[np.ndarray],
+    protocol: int,
+    value_type: type[np.ndarray] = np.ndarray,
 ) -> tuple:
-    """``__reduce_ex__`` for our array types; ``kind`` names the type.
+    """``__reduce_ex__`` for our array types; ``kind`` names the type (or
+    is the type itself, for user subclasses, which pickle by name).
 
     Arrays that cannot travel by reference go by value as ``value_type``.
     """
@@ -83,7 +87,7 @@ def reduce_by_reference(
 
 
 def rebuild(
-    kind: str,
+    kind: str | type[np.ndarray],
     source: Source,
     offset: int,
     dtype: np.dtype,
@@ -96,7 +100,29 @@ def rebuild(
     except KeyError:
         raise ValueError(f"cannot reopen a mapping of kind {source.kind!r}") from None
     m = opener(source)
-    return view(ARRAY_TYPES[kind], m, dtype, shape, offset, strides)
+    lo, hi = extent(offset, dtype.itemsize, shape, strides)
+    if lo < 0 or hi > len(m):
+        raise ValueError(
+            f"cannot unpickle: the array needs bytes [{lo}, {hi}) of {source.target!r}, "
+            f"which now has {len(m)}"
+        )
+    cls = ARRAY_TYPES[kind] if isinstance(kind, str) else kind
+    return view(cls, m, dtype, shape, offset, strides)
+
+
+def extent(
+    offset: int, itemsize: int, shape: tuple[int, ...], strides: tuple[int, ...]
+) -> tuple[int, int]:
+    """The byte range ``[lo, hi)`` an array with these strides touches."""
+    if 0 in shape:
+        return offset, offset
+    lo = hi = offset
+    for n, step in zip(shape, strides, strict=True):
+        if step < 0:
+            lo += (n - 1) * step
+        else:
+            hi += (n - 1) * step
+    return lo, hi + itemsize
 
 
 class MappedView(np.ndarray):
@@ -124,7 +150,25 @@ class MappedView(np.ndarray):
 
 
 class MappedRecords(np.recarray):
-    """A :class:`numpy.recarray` over mapped bytes that pickles by reference."""
+    """A :class:`numpy.recarray` over mapped bytes that pickles by reference.
+
+    Field views (``r.price``, ``r["price"]``), which recarray hands out as
+    plain ndarrays, come back as :class:`MappedView` so that they pickle by
+    reference too.  (recarray already runs Python code on attribute access
+    and indexing; this adds one type check.)
+    """
+
+    def __getattribute__(self, attr):
+        res = super().__getattribute__(attr)
+        if type(res) is np.ndarray and mapping_of(res) is not None:
+            return res.view(MappedView)
+        return res
+
+    def __getitem__(self, index):
+        res = super().__getitem__(index)
+        if type(res) is np.ndarray and mapping_of(res) is not None:
+            return res.view(MappedView)
+        return res
 
     def __reduce_ex__(self, protocol):
         return reduce_by_reference(self, "records", protocol, np.recarray)
