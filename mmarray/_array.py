@@ -538,6 +538,16 @@ class MappedArray(NDArrayOperatorsMixin):
     def capacity(self) -> int:
         return self._state.cap
 
+    def __getattr__(self, name: str) -> Any:
+        # ndarray methods and attributes (a.sum(), a.T, a.astype(...), ...)
+        # act on the current view; only reached for names not defined here.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._view(), name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(dir(np.ndarray)))
+
     def __len__(self) -> int:
         length = self._state.length
         if length is None:

@@ -900,3 +900,19 @@ def test_old_header_without_room(tmp_path):
     arr[0] = (100, 1.5)
     np.testing.assert_array_equal(np.load(path), arr)
     assert path.read_bytes()[: -arr.nbytes] == data[: -arr.nbytes]  # header untouched
+
+
+def test_ndarray_methods_act_on_the_current_view(tmp_path):
+    with mm.open_array(tmp_path / "m.npy", "w+", dtype=np.float64, shape=(3, 2)) as a:
+        a[:] = [[1, 2], [3, 4], [5, 6]]
+        assert a.sum() == 21 and a.mean(axis=0).tolist() == [3.0, 4.0]
+        assert a.T.shape == (2, 3) and a.astype(np.int8).dtype == np.int8
+        a.append([7, 8])
+        assert a.max() == 8 and a.tolist()[-1] == [7.0, 8.0]
+        assert "sum" in dir(a)
+        with pytest.raises(AttributeError):
+            a.no_such_attribute  # noqa: B018
+        with pytest.raises(AttributeError):
+            a._private  # noqa: B018
+    with pytest.raises(ValueError, match="closed"):
+        a.sum()
