@@ -61,6 +61,7 @@ class _State:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The current shape; axis 0 is the length."""
         return () if self.length is None else (self.length, *self.row_shape)
 
     def flush(self) -> None:
@@ -73,6 +74,7 @@ class _State:
         if self.length != self.recorded:
             head = encode_header(self.dtype, self.shape, self.fortran, self.offset)
             buf._pwrite(head, 0)
+            buf._sync()  # the new length is durable too, not only the rows
             self.recorded = self.length
 
 
@@ -260,6 +262,8 @@ class MappedArray(NDArrayOperatorsMixin):
         As for :class:`numpy.ndarray` (the current length).
     capacity : int
         Rows reserved along axis 0 before storage must grow.
+    growable : bool
+        Whether :meth:`append` and :meth:`resize` can change the length.
     mode : str
     target : str
         The absolute path, or ``"shm://NAME"``.
@@ -372,7 +376,7 @@ class MappedArray(NDArrayOperatorsMixin):
         if not self._closer.alive:
             raise ValueError("operation on closed MappedArray")
         if self.mode in ("r", "c"):
-            raise PermissionError(f"cannot {what}: {self.target!r} was opened with mode "
+            raise PermissionError(f"cannot {what} {self.target!r}: it was opened with mode "
                                   f"{self.mode!r}")
         if not self.growable:
             raise ValueError(f"cannot {what} {self.target!r}: {self._why_not_growable()}")
@@ -491,19 +495,48 @@ class MappedArray(NDArrayOperatorsMixin):
 
         After it returns, ``np.load`` and other processes see the current
         length, and a crash cannot lose the rows written so far.
+
+        Raises
+        ------
+        ValueError
+            If the array is closed.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "fl.npy")
+        >>> a = mm.open_array(path, "a", dtype=np.int64)
+        >>> a.append(np.arange(5))
+        >>> np.load(path).shape, a.flush(), np.load(path).shape
+        ((0,), None, (5,))
+        >>> a.close()
         """
         if not self._closer.alive:
             raise ValueError("operation on closed MappedArray")
         self._state.flush()
 
     def close(self) -> None:
-        """Flush and release the mapping (idempotent).  Views taken before
-        stay valid until they are garbage-collected."""
+        """Flush and release the mapping (idempotent).
+
+        Views taken before stay valid until they are garbage-collected.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "cl.npy")
+        >>> a = mm.open_array(path, "w+", dtype=np.uint8, shape=(4,))
+        >>> v = a[:]
+        >>> a.close(); a.close()
+        >>> v[0] = 9                 # still valid
+        >>> a.closed
+        True
+        """
         self._full = self._arr = self._raw = None
         self._closer()
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` has run (or the array was collected)."""
         return not self._closer.alive
 
     def __enter__(self) -> MappedArray:
@@ -520,22 +553,27 @@ class MappedArray(NDArrayOperatorsMixin):
 
     @property
     def dtype(self) -> np.dtype:
+        """The item type recorded in the header."""
         return self._state.dtype
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions."""
         return len(self._state.shape)
 
     @property
     def size(self) -> int:
+        """Number of items in the current shape."""
         return math.prod(self._state.shape)
 
     @property
     def nbytes(self) -> int:
+        """Bytes of data in the current shape (not the reserved capacity)."""
         return self.size * self._state.dtype.itemsize
 
     @property
     def capacity(self) -> int:
+        """Rows reserved along axis 0 before the storage must grow."""
         return self._state.cap
 
     def __getattr__(self, name: str) -> Any:

@@ -252,12 +252,22 @@ class MappedBuffer:
             For a Python value without ``dtype``.
         PermissionError
             Through a read-only handle.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.bin")
+        >>> with mm.MappedFile(path, "w+", capacity=16) as f:
+        ...     f.write(0, np.float32(1.5))
+        ...     f.write(4, 7, dtype="<i8")          # a Python value needs dtype=
+        ...     float(f.read(0, np.float32)), int(f.read(4, "<i8"))
+        (1.5, 7)
         """
         self._check_writable("write")
         if dtype is None:
             if not isinstance(value, (np.generic, np.ndarray)):
                 raise TypeError(
-                    f"write() needs dtype= for a {type(value).__name__} value; "
+                    f"write() needs dtype= for a value of type {type(value).__name__}; "
                     "pass a numpy scalar or array, or give dtype"
                 )
             value = np.asarray(value)
@@ -356,6 +366,11 @@ class MappedBuffer:
             n = os.pwrite(fd, data, offset)
             data, offset = data[n:], offset + n
 
+    def _sync(self) -> None:
+        """Make what was written through the descriptor durable (fdatasync)."""
+        if self.mode not in ("r", "c"):
+            os.fdatasync(self._live().fd)
+
     # -- whole-mapping operations ----------------------------------------------
 
     def _byte_range(self, offset: Any, size: Any) -> tuple[int, int]:
@@ -414,6 +429,19 @@ class MappedBuffer:
             lacks the hint.
         offset, size : int
             The byte range (default: all).
+
+        Raises
+        ------
+        ValueError
+            For an unknown hint, a range past the end, or a closed handle.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "ad.bin")
+        >>> with mm.MappedFile(path, "w+", capacity=1 << 20) as f:
+        ...     f.advise("random")                # scattered small reads ahead
+        ...     f.advise("willneed", 0, 65536)    # prefetch the first 64 KiB
         """
         if hint not in ADVICE:
             raise ValueError(f"hint must be one of {tuple(ADVICE)!r} (got {hint!r})")
@@ -473,6 +501,17 @@ class MappedBuffer:
 
         Afterwards new views and I/O raise ``ValueError``; arrays made
         before stay valid until they are garbage-collected.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "cl.bin")
+        >>> f = mm.MappedFile(path, "w+", capacity=8)
+        >>> a = f.array()
+        >>> f.close(); f.close()
+        >>> a[0] = 1                # still valid
+        >>> f.closed
+        True
         """
         self._closed = True
         region, self._region = self._region, None

@@ -75,6 +75,17 @@ class memmap(np.memmap):
         Bytes: the file is enlarged (zero-filled, sparse) to at least this
         size before mapping; with ``shape=None`` the array spans it all.
 
+    Attributes
+    ----------
+    filename : str, pathlib.Path or None
+        As numpy reports it: the absolute path (a resolved ``Path`` when a
+        ``PathLike`` was given), None for an unnamed file object.
+    offset : int
+        The byte offset given to the constructor (views report the same).
+    mode : str
+        The mode given to the constructor (``"w+"`` comes back as ``"r+"``
+        after unpickling).
+
     Raises
     ------
     ValueError
@@ -178,14 +189,17 @@ class memmap(np.memmap):
 
     @property
     def filename(self) -> Any:
+        """The file mapped (see the class Attributes)."""
         return self._attrs()[0]
 
     @property
     def offset(self) -> int | None:
+        """The byte offset given to the constructor."""
         return self._attrs()[1]
 
     @property
     def mode(self) -> str | None:
+        """The mode given to the constructor."""
         return self._attrs()[2]
 
     # -- behaviour --------------------------------------------------------------
@@ -206,14 +220,36 @@ class memmap(np.memmap):
         return res
 
     def flush(self) -> None:
-        """Write changes in the array to the file (msync)."""
+        """Write changes in the array to the file (msync).
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "f.dat")
+        >>> m = mm.memmap(path, np.int16, "w+", shape=(4,))
+        >>> m[:] = 7
+        >>> m.flush()
+        >>> np.fromfile(path, np.int16).tolist()
+        [7, 7, 7, 7]
+        """
         m = mapping_of(self)
         if m is not None and not m.closed:
             m.flush()
 
     def close(self) -> None:
         """Flush, and let the mapping go once this array and its views are
-        garbage-collected (it cannot be unmapped while they use it)."""
+        garbage-collected (it cannot be unmapped while they use it).
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "c.dat")
+        >>> m = mm.memmap(path, np.uint8, "w+", shape=(3,))
+        >>> m[0] = 1
+        >>> m.close()
+        >>> int(m[0])               # the bytes stay valid while m lives
+        1
+        """
         self.flush()
 
     def __reduce_ex__(self, protocol):

@@ -105,6 +105,17 @@ def _address_of(m: mmap.mmap) -> int:
     return int(view.__array_interface__["data"][0])
 
 
+def allocate(fd: int, offset: int, length: int) -> None:
+    """Give ``[offset, offset+length)`` real storage now (``posix_fallocate``).
+
+    Touching a page that the storage cannot back (a full tmpfs, e.g. a
+    64 MiB ``/dev/shm`` in a container) raises SIGBUS; allocating up front
+    turns that into an ``OSError`` (ENOSPC) here instead.
+    """
+    if length > 0 and hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, offset, length)
+
+
 def try_unmap(m: mmap.mmap) -> bool:
     """Unmap ``m`` now if no array uses it; return whether it is gone."""
     try:
@@ -126,12 +137,15 @@ class Region:
         Stored on every mapping made (see :class:`Map`).
     """
 
-    def __init__(self, fd: int, source: Source, owner: Any = None) -> None:
+    def __init__(
+        self, fd: int, source: Source, owner: Any = None, *, allocate: bool = False
+    ) -> None:
         self.fd = fd
         # Closes the descriptor if the region is dropped without close().
         self._close_fd = weakref.finalize(self, os.close, fd)
         self.source = source
         self.owner = owner
+        self.allocate = allocate
         self.map: Map | None = None
         # Mappings replaced by a growth that arrays may still use.
         self._retired: list[weakref.ref[Map]] = []
@@ -155,6 +169,8 @@ class Region:
         if size > len(old):
             os.ftruncate(self.fd, size)
             try:
+                if self.allocate:
+                    allocate(self.fd, len(old), size - len(old))
                 self.map = new_map(self.fd, size, self.source, self.owner)
             except BaseException:
                 # tmpfs accepts sizes it cannot map (ENOMEM): leave the

@@ -24,7 +24,7 @@ import sys
 import weakref
 
 from ._base import MappedBuffer, as_index
-from ._region import Map, Region, Source, new_map
+from ._region import Map, Region, Source, allocate, new_map
 from ._views import OPENERS
 
 _USE_POSIX = os.name == "posix"
@@ -206,7 +206,7 @@ class SharedBlock(MappedBuffer):
         self.owner = created
         self._owner = owner
         access = "read" if mode == "r" else "write"
-        self._region = Region(fd, Source("shm", name, access), owner)
+        self._region = Region(fd, Source("shm", name, access), owner, allocate=True)
         self._closed = False
         return self
 
@@ -225,12 +225,30 @@ class SharedBlock(MappedBuffer):
             Keep the name after this handle closes (remove it later with
             :meth:`unlink` or ``mmarray rm``).
 
+        Returns
+        -------
+        SharedBlock
+            The owner handle.
+
         Raises
         ------
         FileExistsError
             If the name exists.
         ValueError
             For a bad name or size.
+        OSError
+            ENOSPC when shared memory cannot hold ``size`` bytes: the pages
+            are allocated now, so touching them later can never fail.
+
+        Examples
+        --------
+        >>> import mmarray as mm
+        >>> blk = mm.SharedBlock.create("doc-create", 4096)
+        >>> blk.owner, blk.size, "doc-create" in mm.shared_blocks()
+        (True, 4096, True)
+        >>> blk.close()
+        >>> "doc-create" in mm.shared_blocks()
+        False
         """
         name = check_name(name)
         size = as_index(size, "size", minimum=1)
@@ -238,6 +256,7 @@ class SharedBlock(MappedBuffer):
         try:
             os.fchmod(fd, 0o600)  # shm_open's mode is subject to the umask
             os.ftruncate(fd, size)
+            allocate(fd, 0, size)  # ENOSPC now, not SIGBUS on first touch
             owner = None if persist else _Owner(name, _identity(fd))
         except BaseException:
             os.close(fd)
@@ -343,7 +362,19 @@ class SharedBlock(MappedBuffer):
             return blk
 
     def unlink(self) -> None:
-        """Remove the name now; mappings already open stay valid."""
+        """Remove the name now; mappings already open stay valid.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np
+        >>> blk = mm.SharedBlock.create("doc-unlink", 64, persist=True)
+        >>> a = blk.array()
+        >>> blk.unlink()
+        >>> a[0] = 1                # the memory lives on until a is gone
+        >>> "doc-unlink" in mm.shared_blocks()
+        False
+        >>> blk.close()
+        """
         if self._owner is not None:
             self._owner.finalizer.detach()
         with contextlib.suppress(FileNotFoundError):
