@@ -320,7 +320,6 @@ class MappedArray(NDArrayOperatorsMixin):
             # only: in Fortran order the layout depends on the length).
             s.cap = (size - s.offset) // s.row_nbytes
         self._closer = weakref.finalize(self, _finish, s)
-        self._full = self._arr = self._raw = None
         self._map_rows()
         if capacity is not None and capacity > s.cap:
             self._reserve(capacity, exact=True)
@@ -352,12 +351,27 @@ class MappedArray(NDArrayOperatorsMixin):
     # -- the live view ---------------------------------------------------------
 
     def _map_rows(self) -> None:
-        s = self._state
-        order = "F" if s.fortran else "C"
-        shape = () if s.length is None else (s.cap, *s.row_shape)
-        self._full = s.buf.array(s.dtype, shape, s.offset, order=order)
-        self._raw = s.buf.array(np.uint8, s.cap * s.row_nbytes, s.offset) if shape else None
-        self._arr = None
+        """Forget the views of the old capacity; they are made again on use
+        (opening an array maps nothing until it is indexed)."""
+        self._full = self._raw = self._arr = None
+
+    def _full_view(self) -> np.ndarray:
+        """All reserved rows (the capacity) as an array."""
+        full = self._full
+        if full is None:
+            s = self._state
+            order = "F" if s.fortran else "C"
+            shape = () if s.length is None else (s.cap, *s.row_shape)
+            full = self._full = s.buf.array(s.dtype, shape, s.offset, order=order)
+        return full
+
+    def _raw_view(self) -> np.ndarray:
+        """All reserved rows as bytes (for byte copies)."""
+        raw = self._raw
+        if raw is None:
+            s = self._state
+            raw = self._raw = s.buf.array(np.uint8, s.cap * s.row_nbytes, s.offset)
+        return raw
 
     def _view(self) -> np.ndarray:
         arr = self._arr
@@ -365,7 +379,7 @@ class MappedArray(NDArrayOperatorsMixin):
             if self._closer.alive is False:
                 raise ValueError("operation on closed MappedArray")
             s = self._state
-            full = self._full
+            full = self._full_view()
             arr = full if s.length is None or s.length == s.cap else full[: s.length]
             self._arr = arr
         return arr
@@ -441,11 +455,13 @@ class MappedArray(NDArrayOperatorsMixin):
         if end > s.cap:
             self._reserve(end)
         if rows.dtype != s.dtype or not rows.flags.c_contiguous:
-            self._full[n:end] = rows  # numpy casts
+            self._full_view()[n:end] = rows  # numpy casts
         elif rows.nbytes >= PWRITE_BYTES:
             s.buf._pwrite(rows, s.offset + n * s.row_nbytes)
         else:  # same dtype: a byte copy (numpy copies records field by field)
-            self._raw[n * s.row_nbytes : end * s.row_nbytes] = rows.reshape(-1).view(np.uint8)
+            self._raw_view()[n * s.row_nbytes : end * s.row_nbytes] = rows.reshape(-1).view(
+                np.uint8
+            )
         s.length = end
         self._arr = None
 
@@ -484,7 +500,7 @@ class MappedArray(NDArrayOperatorsMixin):
         if n > s.length:
             # Rows past the old capacity are fresh (zero, and sparse where the
             # filesystem allows); only rows left over from a shrink need zeros.
-            self._raw[s.length * s.row_nbytes : min(n, old_cap) * s.row_nbytes] = 0
+            self._raw_view()[s.length * s.row_nbytes : min(n, old_cap) * s.row_nbytes] = 0
         s.length = n
         self._arr = None
 
@@ -531,7 +547,7 @@ class MappedArray(NDArrayOperatorsMixin):
         >>> a.closed
         True
         """
-        self._full = self._arr = self._raw = None
+        self._map_rows()
         self._closer()
 
     @property

@@ -40,10 +40,13 @@ def abspath(path: Any) -> str:
     return os.path.abspath(name)
 
 
-def open_file(path: str, mode: str, capacity: int | None) -> tuple[int, str]:
+def open_file(
+    path: str, mode: str, capacity: int | None
+) -> tuple[int, str, os.stat_result | None]:
     """Open ``path`` for mapping in ``mode``, sized to at least ``capacity``.
 
-    Returns the descriptor and the mapping access.  Validates the mode and
+    Returns the descriptor, the mapping access, and the file's stat when
+    opening did not change it (saves a system call).  Validates the mode and
     the capacity rules of :class:`MappedFile`; closes (and for a file it
     created, removes) what it opened if anything fails.
     """
@@ -73,6 +76,7 @@ def open_file(path: str, mode: str, capacity: int | None) -> tuple[int, str]:
                 )
             # ftruncate leaves a hole: sparse where the filesystem allows.
             os.ftruncate(fd, capacity)
+            st = None
         elif size == 0:
             raise ValueError(f"{path!r} is empty: pass capacity= to give it a size")
     except BaseException:
@@ -80,7 +84,7 @@ def open_file(path: str, mode: str, capacity: int | None) -> tuple[int, str]:
         if mode in ("w+", "x+"):
             _remove_quietly(path)
         raise
-    return fd, access
+    return fd, access, st
 
 
 def _remove_quietly(path: str) -> None:
@@ -159,9 +163,9 @@ class MappedFile(MappedBuffer):
         self, path: str | os.PathLike[str], mode: FileMode = "r", *, capacity: int | None = None
     ) -> None:
         self._path = abspath(path)
-        fd, access = open_file(self._path, mode, capacity)
+        fd, access, st = open_file(self._path, mode, capacity)
         self.mode = mode
-        self._region = Region(fd, Source("file", self._path, access))
+        self._region = Region(fd, Source("file", self._path, access), st=st)
         self._closed = False
 
     @property

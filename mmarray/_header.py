@@ -132,6 +132,8 @@ def read_header(data: bytes | memoryview, total_size: int | None = None) -> Head
         view.release()
     if any(n < 0 for n in shape):
         raise ValueError(f"not a valid .npy header: negative shape {shape}")
+    if math.prod(n for n in shape if n) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise ValueError(f"not a valid .npy header: shape {shape} is too large for an array")
     if dtype.hasobject:
         raise TypeError(f"object dtypes cannot be mapped (the header says {dtype})")
     header = Header(version, dtype, tuple(shape), bool(fortran_order), data_offset)

@@ -74,28 +74,35 @@ class Map(mmap.mmap):
 _MAPS: dict[tuple[int, int], weakref.WeakSet[Map]] = {}
 
 
-def new_map(fd: int, size: int, source: Source, owner: Any = None) -> Map:
-    """Map ``size`` bytes of ``fd`` from offset 0."""
+def new_map(
+    fd: int, size: int, source: Source, owner: Any = None, ident: tuple[int, int] | None = None
+) -> Map:
+    """Map ``size`` bytes of ``fd`` from offset 0; ``ident`` is the file's
+    (device, inode) if the caller knows it."""
     m = Map(fd, size, access=_ACCESS[source.access])
     m.source = source
     # The address lets a view find its offset inside the mapping.
     m.address = _address_of(m)
     m.owner = owner
-    st = os.fstat(fd)
+    if ident is None:
+        ident = identity(os.fstat(fd))
     if len(_MAPS) > 256:
         for key in [k for k, maps in _MAPS.items() if not maps]:
             del _MAPS[key]
-    _MAPS.setdefault((st.st_dev, st.st_ino), weakref.WeakSet()).add(m)
+    _MAPS.setdefault(ident, weakref.WeakSet()).add(m)
     return m
 
 
-def _mapped_elsewhere(fd: int, mine: list[Map], size: int) -> bool:
-    """Whether a live mapping of ``fd``'s file other than ``mine`` reaches
+def identity(st: os.stat_result) -> tuple[int, int]:
+    """What names a file or block whatever its path: (device, inode)."""
+    return st.st_dev, st.st_ino
+
+
+def _mapped_elsewhere(ident: tuple[int, int], mine: list[Map], size: int) -> bool:
+    """Whether a live mapping of file ``ident`` other than ``mine`` reaches
     past ``size`` bytes."""
-    st = os.fstat(fd)
     return any(
-        m not in mine and not m.closed and len(m) > size
-        for m in list(_MAPS.get((st.st_dev, st.st_ino), ()))
+        m not in mine and not m.closed and len(m) > size for m in list(_MAPS.get(ident, ()))
     )
 
 
@@ -138,7 +145,13 @@ class Region:
     """
 
     def __init__(
-        self, fd: int, source: Source, owner: Any = None, *, allocate: bool = False
+        self,
+        fd: int,
+        source: Source,
+        owner: Any = None,
+        *,
+        allocate: bool = False,
+        st: os.stat_result | None = None,
     ) -> None:
         self.fd = fd
         # Closes the descriptor if the region is dropped without close().
@@ -150,7 +163,9 @@ class Region:
         # Mappings replaced by a growth that arrays may still use.
         self._retired: list[weakref.ref[Map]] = []
         try:
-            self.map = new_map(fd, os.fstat(fd).st_size, source, owner)
+            st = st or os.fstat(fd)
+            self.ident = identity(st)
+            self.map = new_map(fd, st.st_size, source, owner, self.ident)
         except BaseException:
             self._close_fd()
             raise
@@ -171,7 +186,7 @@ class Region:
             try:
                 if self.allocate:
                     allocate(self.fd, len(old), size - len(old))
-                self.map = new_map(self.fd, size, self.source, self.owner)
+                self.map = new_map(self.fd, size, self.source, self.owner, self.ident)
             except BaseException:
                 # tmpfs accepts sizes it cannot map (ENOMEM): leave the
                 # storage as it was, or nobody could open it again.
@@ -184,7 +199,8 @@ class Region:
             os.ftruncate(self.fd, size)
         finally:
             # Remap whatever size the descriptor has now, even on failure.
-            self.map = new_map(self.fd, os.fstat(self.fd).st_size, self.source, self.owner)
+            size = os.fstat(self.fd).st_size
+            self.map = new_map(self.fd, size, self.source, self.owner, self.ident)
 
     def _retire(self, m: Map) -> None:
         if not try_unmap(m):
@@ -195,7 +211,7 @@ class Region:
         maps = [m for m in (r() for r in self._retired) if m is not None]
         assert self.map is not None
         maps.append(self.map)  # last: it stays usable if an older one is busy
-        if _mapped_elsewhere(self.fd, maps, size):
+        if _mapped_elsewhere(self.ident, maps, size):
             raise BufferError(
                 "cannot shrink: the file is also mapped by another handle or an "
                 "unpickled array in this process"
