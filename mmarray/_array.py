@@ -150,11 +150,13 @@ def open_array(
         read-write, copy-on-write); ``"w+"`` creates or truncates (for a
         block: creates, or reinitialises an existing one); ``"x+"`` creates,
         ``FileExistsError`` if it exists; ``"a"`` opens read-write, or
-        creates with ``dtype`` and ``shape`` (default ``(0,)``).
+        creates with ``dtype`` and ``shape`` (default ``(0,)``) when the
+        target is missing or an empty file.
     dtype : data-type, optional
-        Needed when creating.
+        Needed when creating; for an existing array, it must match.
     shape : int or tuple of int, optional
-        Needed by ``"w+"``/``"x+"``.
+        Needed by ``"w+"``/``"x+"``; for an existing array, its row shape
+        (``shape[1:]``) must match.
     capacity : int, optional
         Rows along axis 0 to reserve (more rows can be appended before the
         file or block has to grow).
@@ -169,7 +171,8 @@ def open_array(
         For a bad mode, missing ``dtype``/``shape`` when creating, a
         corrupt, truncated or hostile header, or a file shorter than its
         header says; for ``"a"`` on an old ``.npy`` whose header has no room
-        to record a longer shape.
+        to record a longer shape; when an existing array's dtype or row
+        shape differs from ``dtype``/``shape``.
     TypeError
         For object dtypes.
     FileNotFoundError, FileExistsError, PermissionError
@@ -192,6 +195,7 @@ def open_array(
     if capacity is not None:
         capacity = as_index(capacity, "capacity")
     kind, where = _parse_target(target)
+    created = True
     if mode in ("w+", "x+"):
         buf = _create(kind, where, mode, dtype, shape, capacity)
     elif mode == "a" and kind == "file" and _is_empty_file(where):
@@ -201,15 +205,22 @@ def open_array(
     elif mode == "a":
         try:
             buf = _open(kind, where, mode)
+            created = False
         except FileNotFoundError:
             buf = _create(kind, where, "x+", dtype, (0,) if shape is None else shape, capacity,
                           why=f"{target!r} does not exist: mode 'a' creates it")
     else:
         buf = _open(kind, where, mode)
+        created = False
     name = SHM_PREFIX + where if kind == "shm" else where
     try:
         arr = MappedArray._from_buffer(buf, name, mode, capacity)
-        _check_matches(arr, dtype, shape)
+        if created:
+            # The first header was written but not synced: the first flush
+            # (or close) rewrites and syncs it.
+            arr._state.recorded = -1
+        else:
+            _check_matches(arr, dtype, shape)
     except BaseException:
         buf.close()
         raise
@@ -510,7 +521,9 @@ class MappedArray(NDArrayOperatorsMixin):
         """Write the data, then the header's length, to storage.
 
         After it returns, ``np.load`` and other processes see the current
-        length, and a crash cannot lose the rows written so far.
+        length, and neither a killed process nor an OS crash can lose the
+        rows written so far (data is synced before the header, then the
+        header is synced).
 
         Raises
         ------

@@ -238,7 +238,8 @@ class SharedBlock(MappedBuffer):
             For a bad name or size.
         OSError
             ENOSPC when shared memory cannot hold ``size`` bytes: the pages
-            are allocated now, so touching them later can never fail.
+            are allocated now, so a full ``/dev/shm`` cannot make touching
+            them fail later.
 
         Examples
         --------
