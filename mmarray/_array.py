@@ -46,6 +46,7 @@ class _State:
         "recorded",
         "row_nbytes",
         "row_shape",
+        "written",
     )
 
     def __init__(self, buf: MappedBuffer, header: Any) -> None:
@@ -57,6 +58,8 @@ class _State:
         self.row_nbytes = math.prod(self.row_shape) * self.dtype.itemsize
         self.length: int | None = header.shape[0] if header.shape else None
         self.recorded = self.length  # the length the header on storage says
+        # Rows at and past this index are known to be zero (never written).
+        self.written = 0
         self.cap = 0
 
     @property
@@ -219,6 +222,7 @@ def open_array(
             # The first header was written but not synced: the first flush
             # (or close) rewrites and syncs it.
             arr._state.recorded = -1
+            arr._state.written = arr._state.length or 0  # the rest is fresh
         else:
             _check_matches(arr, dtype, shape)
     except BaseException:
@@ -330,6 +334,9 @@ class MappedArray(NDArrayOperatorsMixin):
             # Rows past the recorded length are reserved capacity (C order
             # only: in Fortran order the layout depends on the length).
             s.cap = (size - s.offset) // s.row_nbytes
+        # Reserved rows of an existing file may hold anything (e.g. rows a
+        # killed writer appended but never recorded).
+        s.written = s.cap
         self._closer = weakref.finalize(self, _finish, s)
         self._map_rows()
         if capacity is not None and capacity > s.cap:
@@ -474,6 +481,7 @@ class MappedArray(NDArrayOperatorsMixin):
                 np.uint8
             )
         s.length = end
+        s.written = max(s.written, end)
         self._arr = None
 
     def resize(self, n: int) -> None:
@@ -505,13 +513,16 @@ class MappedArray(NDArrayOperatorsMixin):
         """
         s = self._check_growth("resize")
         n = as_index(n, "n")
-        old_cap = s.cap
         if n > s.cap:
             self._reserve(n)
         if n > s.length:
-            # Rows past the old capacity are fresh (zero, and sparse where the
-            # filesystem allows); only rows left over from a shrink need zeros.
-            self._raw_view()[s.length * s.row_nbytes : min(n, old_cap) * s.row_nbytes] = 0
+            # Rows never written are zero already (and sparse where the
+            # filesystem allows): only rows left over from a shrink, or of
+            # unknown content, need zeros.
+            end = min(n, s.written)
+            if end > s.length:
+                self._raw_view()[s.length * s.row_nbytes : end * s.row_nbytes] = 0
+            s.written = max(s.written, n)
         s.length = n
         self._arr = None
 

@@ -916,3 +916,25 @@ def test_ndarray_methods_act_on_the_current_view(tmp_path):
             a._private  # noqa: B018
     with pytest.raises(ValueError, match="closed"):
         a.sum()
+
+
+def test_resize_zeroes_rows_left_from_a_shrink_and_from_a_killed_writer(tmp_path):
+    path = tmp_path / "z.npy"
+    with mm.open_array(path, "w+", dtype=np.int64, shape=(0,), capacity=100) as a:
+        a.append(np.arange(1, 11))
+        a.resize(3)
+        a.resize(10)
+        assert a[:].tolist() == [1, 2, 3] + [0] * 7
+        a.resize(50)
+        assert not a[10:].any()
+    # rows appended but never recorded (a killed writer's) read as zero too
+    with mm.open_array(path, "r+") as a:
+        a.resize(10)
+        a.flush()  # the header says 10
+        a.append(np.full(5, 7))
+        a._state.length = 10  # forget the append, as a killed writer would
+    assert np.fromfile(path, np.int64)[-100:][10:15].tolist() == [7] * 5
+    with mm.open_array(path, "r+") as a:
+        assert len(a) == 10
+        a.resize(20)
+        assert not a[10:].any()

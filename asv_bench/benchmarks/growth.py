@@ -20,8 +20,12 @@ import mmarray
 from .common import FILE_BYTES, Benchmark, KiB, MiB, named, require, scaled
 
 TICK = np.dtype([("t", "<i8"), ("price", "<f8"), ("qty", "<u4")])
+# Work per call in a full run (the dashboard's names quote these; see common.py).
+FULL_APPENDS = {1: 2_000, 100: 2_000, 10_000: 100}
+FULL_GROW_STEPS = 256
 #: (appends per call) for each batch size: every call takes >= ~5 ms.
-APPENDS = {1: scaled(2_000), 100: scaled(2_000), 10_000: scaled(100, minimum=5)}
+APPENDS = {1: scaled(FULL_APPENDS[1]), 100: scaled(FULL_APPENDS[100]),
+           10_000: scaled(FULL_APPENDS[10_000], minimum=5)}
 MM, MM_CAPACITY = "MappedArray.append", "MappedArray.append, capacity reserved"
 LIST, FILE_WRITE = "list + np.concatenate", "f.write(rows)"
 #: Rows for the scaling check (10^7 rows = 200 MB), capped by the data-file size.
@@ -29,7 +33,7 @@ SCALING_ROWS = [n for n in (10**4, 10**5, 10**6, 10**7) if n * TICK.itemsize <= 
                 or n <= 10**5]
 SCALING_BATCH = 100
 #: Enlargement: steps per call and bytes per step.
-GROW_STEPS = scaled(256, minimum=16)
+GROW_STEPS = scaled(FULL_GROW_STEPS, minimum=16)
 GROW_STEP = 256 * KiB
 
 
@@ -80,8 +84,9 @@ class Append(Benchmark):
 
         self.run = run
 
-    @named("Append rows in batches: "
-           + ", ".join(f"{n:,} appends of {b:,}" for b, n in APPENDS.items()))
+    @named("Append rows in batches of " + " / ".join(f"{b:,}" for b in FULL_APPENDS)
+           + " rows: " + " / ".join(f"{n:,}" for n in FULL_APPENDS.values())
+           + " appends per call")
     def time_append(self, batch, method):
         """Whole loop; the list's final ``np.concatenate`` and the file's
         ``f.flush()`` are included, a MappedArray's header update (at
@@ -112,17 +117,18 @@ class AppendScaling(Benchmark):
         require("open_array")
         self.path = _scratch(self, "grow.npy")
 
-    @named(f"Append: seconds per row, {SCALING_BATCH}-row batches into a new array",
-           unit="seconds per row")
+    @named(f"Append: time per row, {SCALING_BATCH}-row batches into a new array",
+           unit="seconds")
     def track_seconds_per_row(self, total):
         """Best of a few runs; flat across sizes means appends are O(1) amortised."""
         rounds = 5 if total <= 10**5 else 2
         return min(_append_rows(self.path, total) for _ in range(rounds)) / total
 
-    @named("Append: time per row at this size / time per row at 10,000 rows",
-           unit="ratio (1 = flat)")
+    @named("Headline: append, time per row at this size / at 10,000 rows",
+           unit="(time per row)/(time per row at 10,000 rows)")
     def track_per_row_vs_10k(self, total):
-        """Goal: about 1 up to 10^7 rows (appends amortised O(1))."""
+        """``MappedArray.append`` of 100-row batches into a new array; 1 means
+        flat.  Goal: about 1 (or lower) up to 10^7 rows: appends amortised O(1)."""
         small = min(_append_rows(self.path, 10**4) for _ in range(20)) / 10**4
         rounds = 5 if total <= 10**5 else 2
         big = min(_append_rows(self.path, total) for _ in range(rounds)) / total
@@ -181,8 +187,8 @@ class Enlarge(Benchmark):
 
         self.run = run
 
-    @named(f"Enlarge a mapped file {GROW_STEPS} times by {GROW_STEP // KiB} KiB "
-           f"(to {(GROW_STEPS + 1) * GROW_STEP // MiB} MiB)")
+    @named(f"Enlarge a mapped file {FULL_GROW_STEPS} times by {GROW_STEP // KiB} KiB "
+           f"(to {(FULL_GROW_STEPS + 1) * GROW_STEP // MiB} MiB)")
     def time_enlarge(self, method):
         """Each step makes the file longer, maps the new part and writes one
         byte into its first page (a hole in a sparse file: the write faults

@@ -17,6 +17,7 @@ import mmarray
 from .common import (
     COLD_REPEAT,
     FILE_BYTES,
+    FULL_FILE_MB,
     IO_REPEAT,
     ColdFileBenchmark,
     DataFileBenchmark,
@@ -72,12 +73,12 @@ class ScanWarm(_Prepare, DataFileBenchmark):
         warm(path)
         self._prepare(path, method)
 
-    @named(f"Sequential sum of a {FILE_MIB} MiB file, warm cache")
+    @named(f"Sequential sum of the whole data file ({FULL_FILE_MB} MiB), warm cache")
     def time_sum(self, path, method):
         """One pass over the whole file; the in-RAM ndarray is the ceiling."""
         self.run()
 
-    @named(f"Peak memory of a sequential sum of a {FILE_MIB} MiB file, warm cache")
+    @named(f"Peak memory of a sequential sum of the data file ({FULL_FILE_MB} MiB), warm cache")
     def peakmem_sum(self, path, method):
         """Peak resident memory of the process, including mapped file pages
         (which the kernel may reclaim) and the in-RAM copy loaded in setup."""
@@ -96,7 +97,7 @@ class ScanCold(_Prepare, ColdFileBenchmark):
         require_cold(path)
         self._prepare(path, method)
 
-    @named(f"Sequential sum of a {FILE_MIB} MiB file, cold cache")
+    @named(f"Sequential sum of the whole data file ({FULL_FILE_MB} MiB), cold cache")
     def time_sum(self, path, method):
         """Reads come from the device (or, in a VM, possibly the host's cache).
         A mapping relies on fault readahead; ``advise("sequential")`` asks
@@ -123,17 +124,18 @@ class ScanRatios(DataFileBenchmark):
         warm(path)
         self.path = path
 
-    @named("Ratio, sequential sum (warm): mmarray / readinto 1 MiB chunks",
+    @named("Headline: sequential sum (warm), mmarray / readinto 1 MiB chunks",
            unit="time(mmarray)/time(readinto)")
     def track_mmarray_vs_readinto(self, path):
-        """``time(open + map + sum + close) / time(open + readinto loop + close)``;
-        goal: <= 1."""
+        """``time(open + map + sum + close) / time(open + readinto loop + close)``
+        over the whole data file (lower is better); goal: <= 1."""
         return ratio_of(lambda: _mapped_sum(path), lambda: _readinto_sum(path), rounds=10)
 
-    @named("Ratio, sequential sum (warm): mmarray / ndarray already in RAM",
+    @named("Headline: sequential sum (warm), mmarray / ndarray already in RAM",
            unit="time(mmarray)/time(in-RAM)")
     def track_mmarray_vs_in_ram(self, path):
-        """The in-RAM array is loaded before timing; goal: <= 1.11 (>= 0.9x its speed)."""
+        """The in-RAM array is loaded before timing (lower is better);
+        goal: <= 1.11 (>= 0.9x its speed)."""
         data = np.fromfile(path, np.float64)
         return ratio_of(lambda: _mapped_sum(path), data.sum, rounds=10)
 
@@ -168,7 +170,9 @@ class ColdScanRatios(ColdFileBenchmark):
                           rounds=3, before=lambda: evict(path))
 
 
-@named("Size of the data file of this run (8 = a smoke run)", unit="MiB")
+@named("Size of the data file of this run (256 = a full run, 8 = a smoke run)", unit="MiB")
 def track_data_file_mib():
-    """ASV_MMARRAY_FILE_MB: figures from runs of different sizes do not compare."""
+    """ASV_MMARRAY_FILE_MB: figures from runs of different sizes do not compare.
+    Benchmark names quote the work per call of a full run; smaller runs do
+    proportionally less."""
     return FILE_MIB

@@ -18,6 +18,7 @@ import mmarray
 
 from .common import (
     FILE_BYTES,
+    FULL_FILE_MB,
     IO_REPEAT,
     Benchmark,
     MiB,
@@ -30,8 +31,10 @@ from .common import (
     write_random_file,
 )
 
+# Work per call in a full run (the dashboard's names quote these; see common.py).
+FULL_WRITES, FULL_SEQ_MIB = 10_000, FULL_FILE_MB // 4
 #: Random writes per call.
-WRITES = scaled(10_000)
+WRITES = scaled(FULL_WRITES)
 #: Bytes per sequential-write call (a quarter of the data file).
 SEQ_BYTES = FILE_BYTES // 4
 FLUSH = ["no flush", "flush"]
@@ -123,7 +126,7 @@ class RandomWrites(_Target):
 
         self.run = run
 
-    @named(f"Random writes: {WRITES:,} records at random offsets, optionally made durable")
+    @named(f"Random writes: {FULL_WRITES:,} records at random offsets, optionally made durable")
     def time_write(self, path, record, method, flush):
         """Through a mapping the first write to each clean page costs a page
         fault; with ``flush`` the dirty pages go to the device."""
@@ -167,7 +170,7 @@ class SequentialWrites(_Target):
 
         self.run = run
 
-    @named(f"Sequential writes: overwrite {SEQ_BYTES // MiB} MiB, optionally made durable")
+    @named(f"Sequential writes: overwrite {FULL_SEQ_MIB} MiB, optionally made durable")
     def time_write(self, path, method, flush):
         """The buffered writers copy into the page cache; the mapping writes
         into it directly (after one page fault per clean page)."""
@@ -210,7 +213,7 @@ class WriteRatios(_Target):
 
         return ratio_of(mapped, buffered, rounds=3, before=lambda: _sync(path))
 
-    @named(f"Ratio, sequential writes of {SEQ_BYTES // MiB} MiB: mmarray / f.write 1 MiB chunks",
+    @named(f"Ratio, sequential writes of {FULL_SEQ_MIB} MiB: mmarray / f.write 1 MiB chunks",
            unit="time(mmarray)/time(buffered)")
     def track_sequential_write_vs_buffered(self, path, flush):
         """Same bytes on both sides; the flush is msync against fdatasync."""
