@@ -19,7 +19,7 @@ from ._views import OPENERS
 FileMode = Literal["r", "r+", "w+", "x+", "c"]
 
 #: mode -> (os.open flags, mapping access)
-_MODES: dict[str, tuple[int, str]] = {
+MODES: dict[str, tuple[int, str]] = {
     "r": (os.O_RDONLY, "read"),
     "r+": (os.O_RDWR, "write"),
     "w+": (os.O_RDWR | os.O_CREAT | os.O_TRUNC, "write"),
@@ -50,9 +50,9 @@ def open_file(
     the capacity rules of :class:`MappedFile`; closes (and for a file it
     created, removes) what it opened if anything fails.
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {tuple(_MODES)!r} (got {mode!r})")
-    flags, access = _MODES[mode]
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {tuple(MODES)!r} (got {mode!r})")
+    flags, access = MODES[mode]
     if capacity is not None:
         capacity = as_index(capacity, "capacity", minimum=1)
     if mode in ("w+", "x+") and capacity is None:
@@ -69,13 +69,7 @@ def open_file(
                     f"capacity {capacity} is smaller than the file ({size} bytes); "
                     "use resize() to shrink a file"
                 )
-            if access != "write":
-                raise PermissionError(
-                    f"capacity {capacity} would enlarge {path!r} ({size} bytes), "
-                    f"but mode {mode!r} cannot write"
-                )
-            # ftruncate leaves a hole: sparse where the filesystem allows.
-            os.ftruncate(fd, capacity)
+            enlarge(fd, size, capacity, mode, repr(path))
             st = None
         elif size == 0:
             raise ValueError(f"{path!r} is empty: pass capacity= to give it a size")
@@ -85,6 +79,42 @@ def open_file(
             _remove_quietly(path)
         raise
     return fd, access, st
+
+
+def enlarge(fd: int, size: int, capacity: int, mode: str, what: str) -> None:
+    """Make the file ``capacity`` bytes (> ``size``) if ``mode`` may write.
+
+    ``ftruncate`` leaves a hole: the new bytes read as zero and take no
+    space where the filesystem allows sparse files.
+    """
+    if MODES[mode][1] != "write":
+        raise PermissionError(
+            f"capacity {capacity} would enlarge {what} ({size} bytes), "
+            f"but mode {mode!r} cannot write"
+        )
+    os.ftruncate(fd, capacity)
+
+
+def open_any(filename: Any, mode: str) -> tuple[int, Any, str]:
+    """Open a path or file object the way :class:`numpy.memmap` does.
+
+    Returns a descriptor of our own, the ``filename`` numpy would report
+    (an absolute str, a resolved Path for a PathLike, None for an unnamed
+    file object), and the absolute path to reopen it by ("" if none).
+    """
+    if hasattr(filename, "read"):
+        filename.seek(0, 2)  # as numpy does; it also flushes buffered writes
+        fd = os.dup(filename.fileno())
+        name = getattr(filename, "name", None)
+        if isinstance(name, str):
+            path = os.path.abspath(name)
+            return fd, path, path
+        return fd, None, ""
+    path = abspath(filename)
+    fd = os.open(path, MODES[mode][0] | _CLOEXEC, 0o666)
+    if isinstance(filename, os.PathLike):
+        return fd, pathlib.Path(filename).resolve(), path
+    return fd, path, path
 
 
 def _remove_quietly(path: str) -> None:

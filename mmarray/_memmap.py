@@ -20,40 +20,15 @@ from typing import Any
 import numpy as np
 
 from ._base import as_index
+from ._file import MODES as FILE_MODES
+from ._file import enlarge, open_any
 from ._region import Map, Source, new_map
 from ._views import ARRAY_TYPES, mapping_of, reduce_by_reference, view
 
 #: numpy's long mode names.
 MODE_EQUIVALENTS = {"readonly": "r", "copyonwrite": "c", "readwrite": "r+", "write": "w+"}
 VALID_MODES = ("r", "c", "r+", "w+")
-_FLAGS = {
-    "r": (os.O_RDONLY, "read"),
-    "c": (os.O_RDONLY, "copy"),
-    "r+": (os.O_RDWR, "write"),
-    "w+": (os.O_RDWR | os.O_CREAT | os.O_TRUNC, "write"),
-}
 _MODE_OF_ACCESS = {"read": "r", "copy": "c", "write": "r+"}
-
-
-def _open(filename: Any, mode: str) -> tuple[int, Any, str]:
-    """A descriptor of our own, the ``filename`` numpy would report, and the
-    absolute path to reopen it by (empty for unnamed files)."""
-    if hasattr(filename, "read"):
-        filename.seek(0, 2)  # as numpy does; it also flushes buffered writes
-        fd = os.dup(filename.fileno())
-        name = getattr(filename, "name", None)
-        if isinstance(name, str):
-            path = os.path.abspath(name)
-            return fd, path, path
-        return fd, None, ""
-    flags, _ = _FLAGS[mode]
-    fd = os.open(os.fspath(filename), flags | getattr(os, "O_CLOEXEC", 0), 0o666)
-    path = os.path.abspath(os.fsdecode(os.fspath(filename)))
-    if isinstance(filename, os.PathLike):
-        import pathlib
-
-        return fd, pathlib.Path(filename).resolve(), path
-    return fd, path, path
 
 
 class memmap(np.memmap):
@@ -132,17 +107,12 @@ class memmap(np.memmap):
         descr = np.dtype(dtype)
         if descr.hasobject:
             raise TypeError(f"object dtypes cannot be mapped (got {descr})")
-        access = _FLAGS[mode][1]
-        fd, filename_attr, path = _open(filename, mode)
+        access = FILE_MODES[mode][1]
+        fd, filename_attr, path = open_any(filename, mode)
         try:
             flen = os.fstat(fd).st_size
             if capacity is not None and capacity > flen:
-                if access != "write":
-                    raise PermissionError(
-                        f"capacity {capacity} would enlarge the file ({flen} bytes), "
-                        f"but mode {mode!r} cannot write"
-                    )
-                os.ftruncate(fd, capacity)
+                enlarge(fd, flen, capacity, mode, "the file")
                 flen = capacity
             if shape is None:
                 nbytes = flen - offset
