@@ -318,20 +318,23 @@ class Method:
     baseline: bool = False
 
 
+#: The system-call baselines of the random-read tests, warm and cold alike.
+RANDOM_SYSCALLS = (
+    Method("buffered", "buffered: f.seek + f.read loop", _each_run(_buffered), baseline=True),
+    Method("pread", "os.pread loop", _each_run(_pread)),
+)
 RANDOM_WARM = (
     Method("mmarray-gather", "mmarray: gather a[idx] (new mapping)", _each_run(_gather)),
     Method("mmarray-gather-mapped", "mmarray: gather a[idx] (pages already mapped)",
            _gather_mapped),
     Method("mmarray-loop", "mmarray: Python loop of a[i] (new mapping)", _each_run(_loop)),
-    Method("buffered", "buffered: f.seek + f.read loop", _each_run(_buffered), baseline=True),
-    Method("pread", "os.pread loop", _each_run(_pread)),
+    *RANDOM_SYSCALLS,
 )
 RANDOM_COLD = (
     Method("mmarray-gather", "mmarray: gather a[idx]", _each_run(_gather)),
     Method("mmarray-gather-random", 'mmarray: gather a[idx], advise("random")',
            _each_run(_gather), advice="random"),
-    Method("buffered", "buffered: f.seek + f.read loop", _each_run(_buffered), baseline=True),
-    Method("pread", "os.pread loop", _each_run(_pread)),
+    *RANDOM_SYSCALLS,
 )
 SEQUENTIAL_WARM = (
     Method("mmarray-sum", "mmarray: a.sum() (new mapping)", _each_run(_sum_mapped)),

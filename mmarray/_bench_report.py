@@ -32,11 +32,16 @@ def format_ratio(speedup: float) -> str:
     """``168.2`` -> ``"168x faster"``, ``0.5`` -> ``"2.0x slower"``."""
     if math.isnan(speedup):
         return "n/a"
+    return _compare(speedup, f"{speedup:.2f}x (same)", "")
+
+
+def _compare(speedup: float, same: str, than: str) -> str:
+    """``same`` within 5 %, else "Nx faster/slower" followed by ``than``."""
     if 0.95 <= speedup <= 1.05:
-        return f"{speedup:.2f}x (same)"
+        return same
     if speedup > 1:
-        return f"{_num(speedup)}x faster"
-    return f"{_num(1 / speedup)}x slower"
+        return f"{_num(speedup)}x faster{than}"
+    return f"{_num(1 / speedup)}x slower{than}"
 
 
 def _num(x: float) -> str:
@@ -105,11 +110,7 @@ def _wrap(text: str, width: int = 88) -> str:
 def _vs(speedup: float | None, what: str) -> str:
     if speedup is None:
         return f"(not measured against {what})"
-    if 0.95 <= speedup <= 1.05:
-        return f"about as fast as {what}"
-    if speedup > 1:
-        return f"{_num(speedup)}x faster than {what}"
-    return f"{_num(1 / speedup)}x slower than {what}"
+    return _compare(speedup, f"about as fast as {what}", f" than {what}")
 
 
 def verdict(report: Report) -> str:
