@@ -12,6 +12,7 @@ import math
 import mmap
 import operator
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,8 @@ ORDERS = ("C", "F")
 
 
 def as_index(value: Any, name: str, *, minimum: int = 0) -> int:
-    """``value`` as an int >= ``minimum``, or TypeError/ValueError naming it."""
+    """``value`` as an int >= ``minimum`` that a size can be (at most
+    ``sys.maxsize``), or TypeError/ValueError naming it."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer (got {value!r})")
     try:
@@ -32,6 +34,8 @@ def as_index(value: Any, name: str, *, minimum: int = 0) -> int:
         raise TypeError(f"{name} must be an integer (got {type(value).__name__})") from None
     if n < minimum:
         raise ValueError(f"{name} must be >= {minimum} (got {n})")
+    if n > sys.maxsize:
+        raise ValueError(f"{name} must be at most {sys.maxsize} (got {n})")
     return n
 
 
@@ -110,6 +114,8 @@ class MappedBuffer:
             raise ValueError(f"offset {offset} is past the end of the mapping ({size} bytes)")
         shape = ((size - offset) // dt.itemsize,) if shape is None else as_shape(shape)
         nbytes = math.prod(shape) * dt.itemsize
+        if nbytes > sys.maxsize:
+            raise ValueError(f"shape {shape} of {dt} is too large for an array")
         if offset + nbytes > size:
             raise ValueError(
                 f"shape {shape} of {dt} at offset {offset} needs {offset + nbytes} bytes, "
@@ -468,9 +474,13 @@ class MappedBuffer:
         Raises
         ------
         BufferError
-            When shrinking while arrays made from this handle are alive.
+            When shrinking while arrays made from this handle are alive, or
+            while another handle or mmarray process maps the file.
         ValueError
             For a size below 1, or shrinking a shared block.
+        OSError
+            ENOSPC when the storage cannot hold the new size (handles that
+            reserve storage: shared blocks, ``allocate=True``, arrays).
         PermissionError
             Through a read-only or copy-on-write handle.
 
@@ -489,12 +499,20 @@ class MappedBuffer:
         region = self._live()
         if self.mode in ("r", "c"):
             raise PermissionError(f"cannot resize: {self!r} was opened with mode {self.mode!r}")
-        if size < region.size and not self._can_shrink:
-            raise ValueError(
-                f"a {self._kind} can only grow (size {region.size}, asked for {size}): "
-                "shrinking it would crash other processes that map it"
-            )
-        region.resize(size)
+        with region.lock:
+            # The size the storage has now: another handle may have grown it.
+            current = region.storage_size()
+            if size < current and not self._can_shrink:
+                raise ValueError(
+                    f"a {self._kind} can only grow (size {current}, asked for {size}): "
+                    "shrinking it would crash other processes that map it"
+                )
+            region.resize(size)
+
+    def _grow_to(self, size: int) -> None:
+        """Make the storage at least ``size`` bytes and map all of it (for
+        arrays that grow: never shrinks what another handle enlarged)."""
+        self._live().resize(size, at_least=True)
 
     def close(self) -> None:
         """Release the handle (idempotent).

@@ -10,10 +10,12 @@ import errno
 import os
 import pathlib
 import stat
+import tempfile
 from typing import Any, Literal
 
 from ._base import MappedBuffer, as_index
-from ._region import Map, Region, Source, new_map
+from ._region import Map, Region, Source, in_use, new_map
+from ._region import allocate as reserve
 from ._views import OPENERS
 
 FileMode = Literal["r", "r+", "w+", "x+", "c"]
@@ -40,28 +42,80 @@ def abspath(path: Any) -> str:
     return os.path.abspath(name)
 
 
+def open_fd(path: str, mode: str) -> int:
+    """Open ``path`` for mapping in ``mode`` (the flags of :data:`MODES`).
+
+    ``"w+"`` never truncates a file that is mapped -- by a live array or
+    handle of this process, or by another mmarray process (the truncation
+    guard): such a file is *replaced* by a new, empty one at the same path,
+    and whoever mapped the old one keeps its bytes.  A file that nobody
+    maps is truncated in place (same inode, links and permissions).
+    Anything but a regular file is refused (a FIFO would block forever).
+    """
+    flags = MODES[mode][0]
+    if mode == "w+":
+        flags &= ~os.O_TRUNC
+    fd = os.open(path, flags | _CLOEXEC | os.O_NONBLOCK, 0o666)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path!r} is not a regular file: only files can be mapped")
+        os.set_blocking(fd, True)
+        if mode == "w+" and st.st_size:
+            if in_use(fd):
+                new = _replace(path, st)
+                os.close(fd)
+                fd = new
+            else:  # nobody maps it: we hold the guard exclusively
+                os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _replace(path: str, st: os.stat_result) -> int:
+    """Put a new empty file at ``path`` (atomically, by rename) with the old
+    one's permissions; return its descriptor.  The old inode lives on for
+    those who map it."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".mmarray-")
+    try:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        with contextlib.suppress(OSError):
+            os.fchown(fd, st.st_uid, st.st_gid)
+        os.rename(tmp, path)
+    except BaseException:
+        os.close(fd)
+        _remove_quietly(tmp)
+        raise
+    return fd
+
+
 def open_file(
-    path: str, mode: str, capacity: int | None
+    path: str, mode: str, capacity: int | None, allocate: bool = False
 ) -> tuple[int, str, os.stat_result | None]:
     """Open ``path`` for mapping in ``mode``, sized to at least ``capacity``.
 
     Returns the descriptor, the mapping access, and the file's stat when
     opening did not change it (saves a system call).  Validates the mode and
     the capacity rules of :class:`MappedFile`; closes (and for a file it
-    created, removes) what it opened if anything fails.
+    created, removes) what it opened if anything fails.  ``allocate``
+    reserves real storage for the whole file (ENOSPC now, not SIGBUS later).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {tuple(MODES)!r} (got {mode!r})")
-    flags, access = MODES[mode]
+    access = MODES[mode][1]
     if capacity is not None:
         capacity = as_index(capacity, "capacity", minimum=1)
     if mode in ("w+", "x+") and capacity is None:
         raise ValueError(f"mode {mode!r} creates the file: pass capacity= (its size in bytes)")
-    fd = os.open(path, flags | _CLOEXEC, 0o666)
+    if allocate and access != "write":
+        raise PermissionError(f"allocate=True reserves storage, but mode {mode!r} cannot write")
+    fd = open_fd(path, mode)
     try:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         size = st.st_size
         if capacity is not None and capacity != size:
             if capacity < size:
@@ -69,10 +123,12 @@ def open_file(
                     f"capacity {capacity} is smaller than the file ({size} bytes); "
                     "use resize() to shrink a file"
                 )
-            enlarge(fd, size, capacity, mode, repr(path))
+            enlarge(fd, size, capacity, mode, repr(path), allocate)
             st = None
         elif size == 0:
             raise ValueError(f"{path!r} is empty: pass capacity= to give it a size")
+        elif allocate:
+            reserve(fd, 0, size)
     except BaseException:
         os.close(fd)
         if mode in ("w+", "x+"):
@@ -81,18 +137,40 @@ def open_file(
     return fd, access, st
 
 
-def enlarge(fd: int, size: int, capacity: int, mode: str, what: str) -> None:
+def enlarge(
+    fd: int, size: int, capacity: int, mode: str, what: str, allocate: bool = False
+) -> None:
     """Make the file ``capacity`` bytes (> ``size``) if ``mode`` may write.
 
     ``ftruncate`` leaves a hole: the new bytes read as zero and take no
-    space where the filesystem allows sparse files.
+    space where the filesystem allows sparse files.  With ``allocate`` the
+    whole file gets real storage instead, or -- on ENOSPC -- keeps its size.
     """
     if MODES[mode][1] != "write":
         raise PermissionError(
             f"capacity {capacity} would enlarge {what} ({size} bytes), "
             f"but mode {mode!r} cannot write"
         )
-    os.ftruncate(fd, capacity)
+    if not allocate:
+        os.ftruncate(fd, capacity)
+        return
+    try:
+        reserve(fd, 0, capacity)  # sets the size too
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_size > size:
+                os.ftruncate(fd, size)
+        raise
+
+
+def _real_path(fd: int) -> str:
+    """The absolute path that names the file behind ``fd`` now ("" if it has
+    none): the kernel's answer, not a relative name that a chdir changed."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+    return path if path.startswith("/") and not path.endswith(" (deleted)") else ""
 
 
 def open_any(filename: Any, mode: str) -> tuple[int, Any, str]:
@@ -101,17 +179,19 @@ def open_any(filename: Any, mode: str) -> tuple[int, Any, str]:
     Returns a descriptor of our own, the ``filename`` numpy would report
     (an absolute str, a resolved Path for a PathLike, None for an unnamed
     file object), and the absolute path to reopen it by ("" if none).
+    ``"w+"`` on a path follows :func:`open_fd` (a mapped file is replaced,
+    never truncated under its mappings).
     """
     if hasattr(filename, "read"):
         filename.seek(0, 2)  # as numpy does; it also flushes buffered writes
         fd = os.dup(filename.fileno())
         name = getattr(filename, "name", None)
         if isinstance(name, str):
-            path = os.path.abspath(name)
+            path = _real_path(fd) or os.path.abspath(name)
             return fd, path, path
         return fd, None, ""
     path = abspath(filename)
-    fd = os.open(path, MODES[mode][0] | _CLOEXEC, 0o666)
+    fd = open_fd(path, mode)
     if isinstance(filename, os.PathLike):
         return fd, pathlib.Path(filename).resolve(), path
     return fd, path, path
@@ -125,9 +205,12 @@ def _remove_quietly(path: str) -> None:
 def _reopen(source: Source) -> Map:
     """Map a whole file again (for unpickling)."""
     flags = os.O_RDWR if source.access == "write" else os.O_RDONLY
-    fd = os.open(source.target, flags | _CLOEXEC)
+    fd = os.open(source.target, flags | _CLOEXEC | os.O_NONBLOCK)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"cannot map {source.target!r}: not a regular file")
+        size = st.st_size
         if size == 0:
             raise ValueError(f"cannot map {source.target!r}: the file is now empty")
         return new_map(fd, size, source)
@@ -153,6 +236,19 @@ class MappedFile(MappedBuffer):
         Size in bytes.  A larger capacity enlarges the file (zero-filled,
         sparse where the filesystem allows); needed by ``"w+"``/``"x+"``
         and for an empty file.
+    allocate : bool, default False
+        Reserve real storage for the whole file now (``posix_fallocate``),
+        and for what :meth:`resize` adds later, so that a full disk raises
+        ``OSError`` (ENOSPC) here instead of killing the process with
+        SIGBUS at a later write into a sparse page.
+
+    Notes
+    -----
+    ``"w+"`` on a file that live arrays or handles still map -- in this
+    process or another mmarray process -- does not truncate it under them:
+    it puts a new, empty file at the same path, and the old arrays keep the
+    old bytes (re-running a notebook cell is safe).  A file that nothing
+    maps is truncated in place.
 
     Attributes
     ----------
@@ -170,6 +266,8 @@ class MappedFile(MappedBuffer):
         file without capacity, or ``"w+"``/``"x+"`` without capacity.
     PermissionError
         For a capacity that would enlarge a file opened ``"r"``/``"c"``.
+    OSError
+        ENOSPC with ``allocate=True`` when the storage cannot hold the file.
     FileNotFoundError, FileExistsError
         As for :func:`open`.
 
@@ -190,12 +288,18 @@ class MappedFile(MappedBuffer):
     _path = ""
 
     def __init__(
-        self, path: str | os.PathLike[str], mode: FileMode = "r", *, capacity: int | None = None
+        self,
+        path: str | os.PathLike[str],
+        mode: FileMode = "r",
+        *,
+        capacity: int | None = None,
+        allocate: bool = False,
     ) -> None:
         self._path = abspath(path)
-        fd, access, st = open_file(self._path, mode, capacity)
+        fd, access, st = open_file(self._path, mode, capacity, allocate)
         self.mode = mode
-        self._region = Region(fd, Source("file", self._path, access), st=st)
+        source = Source("file", self._path, access)
+        self._region = Region(fd, source, allocate=allocate, st=st)
         self._closed = False
 
     @property

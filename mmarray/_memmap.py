@@ -13,8 +13,10 @@ that turns fancy-index copies into plain ndarrays.
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from ._base import as_index
 from ._file import MODES as FILE_MODES
 from ._file import enlarge, open_any
 from ._region import Map, Source, new_map
+from ._region import allocate as reserve
 from ._views import ARRAY_TYPES, mapping_of, reduce_by_reference, view
 
 #: numpy's long mode names.
@@ -49,6 +52,16 @@ class memmap(np.memmap):
     capacity : int, optional
         Bytes: the file is enlarged (zero-filled, sparse) to at least this
         size before mapping; with ``shape=None`` the array spans it all.
+    allocate : bool, default False
+        Reserve real storage for the whole file before mapping
+        (``posix_fallocate``): a full disk raises ``OSError`` (ENOSPC) here
+        instead of SIGBUS at a later write.
+
+    Notes
+    -----
+    ``mode="w+"`` on a file that live arrays still map (in this process or
+    another mmarray process) puts a new file at the same path instead of
+    truncating the old one under them; the old arrays keep the old bytes.
 
     Attributes
     ----------
@@ -66,7 +79,10 @@ class memmap(np.memmap):
     ValueError
         As :class:`numpy.memmap` does.
     PermissionError
-        For a ``capacity`` that would enlarge a file opened ``"r"``/``"c"``.
+        For a ``capacity`` that would enlarge a file opened ``"r"``/``"c"``,
+        or ``allocate=True`` with those modes.
+    OSError
+        ENOSPC with ``allocate=True`` when the disk cannot hold the file.
 
     Examples
     --------
@@ -94,6 +110,7 @@ class memmap(np.memmap):
         order: str = "C",
         *,
         capacity: int | None = None,
+        allocate: bool = False,
     ):
         mode = MODE_EQUIVALENTS.get(mode, mode)
         if mode not in VALID_MODES:
@@ -108,6 +125,11 @@ class memmap(np.memmap):
         if descr.hasobject:
             raise TypeError(f"object dtypes cannot be mapped (got {descr})")
         access = FILE_MODES[mode][1]
+        if allocate and access != "write":
+            raise PermissionError(
+                f"allocate=True reserves storage, but mode {mode!r} cannot write"
+            )
+        shape = _as_memmap_shape(shape)
         fd, filename_attr, path = open_any(filename, mode)
         try:
             flen = os.fstat(fd).st_size
@@ -121,12 +143,9 @@ class memmap(np.memmap):
                         "Size of available data is not a multiple of the data-type size."
                     )
                 shape = (nbytes // descr.itemsize,)
-            else:
-                if not isinstance(shape, (tuple, list)):
-                    with contextlib.suppress(TypeError):
-                        shape = [operator.index(shape)]
-                shape = tuple(int(n) for n in shape)
-            end = offset + int(np.prod(shape, dtype=np.intp)) * descr.itemsize
+            end = offset + math.prod(shape) * descr.itemsize
+            if end > sys.maxsize:
+                raise ValueError(f"shape {shape} of {descr} is too large to map")
             if mode in ("w+", "r+") and flen < max(end, 1):
                 os.ftruncate(fd, max(end, 1))
                 flen = max(end, 1)
@@ -134,7 +153,14 @@ class memmap(np.memmap):
                 raise ValueError("cannot mmap an empty file")
             if end > flen:
                 raise ValueError("mmap length is greater than file size")
+            if allocate:
+                reserve(fd, 0, flen)
             m = new_map(fd, flen, Source("file", path, access))
+        except BaseException:
+            if mode == "w+" and path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # what "w+" made is of no use to anyone
+            raise
         finally:
             os.close(fd)  # the mapping keeps a descriptor of its own
         m.memmap_attrs = (filename_attr, offset, mode)
@@ -228,6 +254,23 @@ class memmap(np.memmap):
 
     def __reduce__(self):
         return self.__reduce_ex__(2)
+
+
+def _as_memmap_shape(shape: Any) -> tuple[int, ...] | None:
+    """numpy.memmap's shape rules: an int or a sequence of non-negative
+    integers (``TypeError`` for 2.5, ``ValueError`` for -1, as numpy)."""
+    if shape is None:
+        return None
+    if not isinstance(shape, (tuple, list)):
+        with contextlib.suppress(TypeError):
+            shape = [operator.index(shape)]
+    try:
+        dims = tuple(operator.index(n) for n in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a sequence of integers (got {shape!r})") from None
+    if any(n < 0 for n in dims):
+        raise ValueError(f"negative dimensions are not allowed (got shape {dims})")
+    return dims
 
 
 ARRAY_TYPES["memmap"] = memmap

@@ -14,7 +14,15 @@ rules hold everywhere:
   the same pages, so old and new arrays see the same bytes.
 * Shrinking would leave old mappings pointing past the end of the file
   (SIGBUS on access), so it is refused with ``BufferError`` while any
-  array made from any mapping of this region is alive.
+  array made from any mapping of this region is alive, while another
+  handle of this process maps the file, or -- through the truncation
+  guard of :mod:`mmarray._locks`, which every mapping holds -- while
+  another process maps it.
+* Sizes are read from the descriptor (``fstat``) at the moment they
+  matter, never trusted from the mapping: another handle or process may
+  have grown the file since, and "growing" to a stale size would shrink it.
+* ``resize`` and ``close`` hold the region's lock, so threads sharing a
+  handle take turns.
 * ``close()`` only drops references; pages stay mapped until the arrays
   that use them are garbage-collected.
 """
@@ -23,11 +31,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from . import _locks
 
 PAGE_SIZE = mmap.ALLOCATIONGRANULARITY
 
@@ -78,7 +89,12 @@ def new_map(
     fd: int, size: int, source: Source, owner: Any = None, ident: tuple[int, int] | None = None
 ) -> Map:
     """Map ``size`` bytes of ``fd`` from offset 0; ``ident`` is the file's
-    (device, inode) if the caller knows it."""
+    (device, inode) if the caller knows it.
+
+    The descriptor's description takes the shared truncation guard first;
+    ``mmap`` dups the descriptor, so the guard lives as long as the mapping.
+    """
+    _locks.hold_guard(fd)
     m = Map(fd, size, access=_ACCESS[source.access])
     m.source = source
     # The address lets a view find its offset inside the mapping.
@@ -104,6 +120,19 @@ def _mapped_elsewhere(ident: tuple[int, int], mine: list[Map], size: int) -> boo
     return any(
         m not in mine and not m.closed and len(m) > size for m in list(_MAPS.get(ident, ()))
     )
+
+
+def in_use(fd: int) -> bool:
+    """Whether any mapping -- in this process or another mmarray process --
+    still maps the file behind ``fd`` (a description that maps nothing).
+
+    On False, ``fd``'s description holds the guard exclusively: nobody can
+    map the file until it maps it itself or closes ``fd``.
+    """
+    maps = _MAPS.get(identity(os.fstat(fd)), ())
+    if any(not m.closed for m in list(maps)):
+        return True
+    return not _locks.guard_exclusive(fd)
 
 
 def _address_of(m: mmap.mmap) -> int:
@@ -160,6 +189,7 @@ class Region:
         self.owner = owner
         self.allocate = allocate
         self.map: Map | None = None
+        self.lock = threading.RLock()
         # Mappings replaced by a growth that arrays may still use.
         self._retired: list[weakref.ref[Map]] = []
         try:
@@ -175,31 +205,70 @@ class Region:
         assert self.map is not None
         return len(self.map)
 
-    def resize(self, size: int) -> None:
-        """Make the descriptor and the mapping ``size`` bytes long."""
+    def storage_size(self) -> int:
+        """The size the file or block has now (another handle may have
+        changed it since this one mapped it)."""
+        return os.fstat(self.fd).st_size
+
+    def resize(self, size: int, *, at_least: bool = False) -> None:
+        """Make the storage ``size`` bytes and map all of it.
+
+        The comparison is with the storage's size now, not with what this
+        handle mapped.  With ``at_least``, storage that is already larger
+        (grown by another handle) is kept and mapped whole.
+        """
+        with self.lock:
+            current = self.storage_size()
+            if at_least:
+                size = max(size, current)
+            if size > current:
+                self._grow(current, size)
+            elif size < current:
+                self._shrink(size)
+                return
+            old = self.map
+            assert old is not None
+            if len(old) != size:
+                try:
+                    self.map = new_map(self.fd, size, self.source, self.owner, self.ident)
+                except BaseException:
+                    # tmpfs accepts sizes it cannot map (ENOMEM): leave the
+                    # storage as it was, or nobody could open it again.
+                    self._undo_grow(current, size)
+                    raise
+                self._retire(old)
+
+    def _grow(self, current: int, size: int) -> None:
+        try:
+            if self.allocate:
+                # Real storage now (it also sets the size): ENOSPC here,
+                # not SIGBUS on a later write.
+                allocate(self.fd, current, size - current)
+            else:
+                os.ftruncate(self.fd, size)
+        except BaseException:
+            self._undo_grow(current, size)
+            raise
+
+    def _undo_grow(self, current: int, size: int) -> None:
+        """Give back a failed growth -- unless someone grew the storage past
+        ``size`` meanwhile (then it is theirs)."""
+        try:
+            if current < self.storage_size() <= size:
+                os.ftruncate(self.fd, current)
+        except OSError:
+            pass
+
+    def _shrink(self, size: int) -> None:
         old = self.map
         assert old is not None
-        if size == len(old):
-            return
-        if size > len(old):
-            os.ftruncate(self.fd, size)
-            try:
-                if self.allocate:
-                    allocate(self.fd, len(old), size - len(old))
-                self.map = new_map(self.fd, size, self.source, self.owner, self.ident)
-            except BaseException:
-                # tmpfs accepts sizes it cannot map (ENOMEM): leave the
-                # storage as it was, or nobody could open it again.
-                os.ftruncate(self.fd, len(old))
-                raise
-            self._retire(old)
-            return
         self._unmap_all_or_raise(size)
         try:
             os.ftruncate(self.fd, size)
         finally:
-            # Remap whatever size the descriptor has now, even on failure.
-            size = os.fstat(self.fd).st_size
+            # Remap whatever size the descriptor has now, even on failure;
+            # this also turns the exclusive guard back into a shared one.
+            size = self.storage_size()
             self.map = new_map(self.fd, size, self.source, self.owner, self.ident)
 
     def _retire(self, m: Map) -> None:
@@ -216,19 +285,29 @@ class Region:
                 "cannot shrink: the file is also mapped by another handle or an "
                 "unpickled array in this process"
             )
-        for m in maps:
-            if not try_unmap(m):
-                raise BufferError(
-                    "cannot shrink while arrays made from this mapping are alive; "
-                    "delete them (and their views) first"
-                )
+        if not _locks.guard_exclusive(self.fd):
+            raise BufferError(
+                "cannot shrink: another process (or another handle in this one) maps "
+                "the file; shrinking it would crash that process"
+            )
+        try:
+            for m in maps:
+                if not try_unmap(m):
+                    raise BufferError(
+                        "cannot shrink while arrays made from this mapping are alive; "
+                        "delete them (and their views) first"
+                    )
+        except BaseException:
+            _locks.hold_guard(self.fd)  # back to shared: the file stays as it was
+            raise
         self._retired = []
 
     def close(self) -> None:
         """Drop the mapping and close the descriptor (idempotent)."""
-        m, self.map = self.map, None
-        if m is not None:
-            try_unmap(m)
-        self._retired = []
-        self.fd = -1
-        self._close_fd()
+        with self.lock:
+            m, self.map = self.map, None
+            if m is not None:
+                try_unmap(m)
+            self._retired = []
+            self.fd = -1
+            self._close_fd()

@@ -1,0 +1,117 @@
+"""Advisory locks between processes: open-file-description (OFD) locks.
+
+The only module that calls ``fcntl``.  The rules it rests on:
+
+* An OFD lock (``F_OFD_SETLK``) belongs to an *open file description*, not
+  to a process: descriptors made by ``dup`` (and ``mmap``, which dups the
+  descriptor it maps) share it, and it is released when the last of them
+  is closed -- or when the process dies, SIGKILL included.  A killed
+  process never leaves a lock held.
+* Two descriptions conflict even inside one process, so a second handle in
+  this process is refused exactly like another process is.  Locking again
+  through the same description converts the lock (shared <-> exclusive)
+  rather than conflicting with it.
+* mmarray keeps a reserved range far past any data (:data:`RESERVED` and
+  up) for its own locks; users' ``lock()`` ranges never reach it:
+
+  - :data:`GUARD`: every mapping holds a *shared* lock on it, taken on the
+    descriptor just before ``mmap`` dups it, so the lock lives exactly as
+    long as the mapping (arrays outlive their handles).  Whatever would
+    shrink a file first takes it *exclusively*; failing means another
+    handle or process still maps the file (the truncation guard).
+  - :data:`WRITER`: the one-writer rule of growable arrays, held on a
+    description of its own so that it ends with the handle, not with the
+    last array.
+
+Where the platform or the filesystem has no OFD locks, locking succeeds
+without excluding anyone (the in-process checks of ``_region`` remain).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+
+try:
+    import fcntl
+
+    _SETLK = fcntl.F_OFD_SETLK
+    _SETLKW = fcntl.F_OFD_SETLKW
+    _RDLCK, _WRLCK, _UNLCK = fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK
+except (ImportError, AttributeError):  # not Linux: no OFD locks
+    fcntl = None  # type: ignore[assignment]
+
+#: Start of the byte range mmarray reserves for its own locks (2**62: far
+#: past any file, below the largest ``off_t``).
+RESERVED = 1 << 62
+#: Shared by every mapping, exclusive for whatever shrinks the file.
+GUARD = RESERVED
+#: The one-writer lock of growable arrays.
+WRITER = RESERVED + 1
+
+# struct flock on Linux: short l_type, short l_whence, off_t l_start,
+# off_t l_len, pid_t l_pid (0 for OFD locks), padded to 32 bytes.
+_FLOCK = struct.Struct("hhqqi4x")
+#: errnos meaning "held by someone else" (EACCES on some systems).
+_BUSY = (errno.EAGAIN, errno.EACCES)
+#: errnos meaning "this filesystem cannot lock": treat as unlocked.
+_UNSUPPORTED = (errno.ENOLCK, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def _fcntl(fd: int, cmd: int, kind: int, start: int, length: int) -> bool:
+    if fcntl is None:
+        return True
+    try:
+        fcntl.fcntl(fd, cmd, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
+    except OSError as e:
+        if e.errno in _BUSY:
+            return False
+        if e.errno in _UNSUPPORTED:
+            return True
+        raise
+    return True
+
+
+def try_lock(fd: int, start: int, length: int = 1, *, shared: bool = False) -> bool:
+    """Lock ``[start, start+length)`` of ``fd``'s description now, or return
+    False if another description holds a conflicting lock."""
+    return _fcntl(fd, _SETLK, _RDLCK if shared else _WRLCK, start, length)
+
+
+def lock_wait(fd: int, start: int, length: int = 1, *, shared: bool = False) -> None:
+    """Lock the range, waiting for as long as a conflicting lock is held."""
+    while True:
+        try:
+            _fcntl(fd, _SETLKW, _RDLCK if shared else _WRLCK, start, length)
+            return
+        except InterruptedError:  # pragma: no cover - PEP 475 retries already
+            continue
+
+
+def unlock(fd: int, start: int, length: int = 1) -> None:
+    """Release the range (no error if it was not locked)."""
+    _fcntl(fd, _SETLK, _UNLCK, start, length)
+
+
+def hold_guard(fd: int) -> None:
+    """Mark ``fd``'s description as mapping the file (shared :data:`GUARD`).
+
+    Waits only while another description holds the guard exclusively,
+    which lasts one ``ftruncate``.
+    """
+    lock_wait(fd, GUARD, shared=True)
+
+
+def guard_exclusive(fd: int) -> bool:
+    """Take :data:`GUARD` exclusively: False if any other description (of
+    this process or another) maps the file.  :func:`hold_guard` turns it
+    back into a shared lock."""
+    return try_lock(fd, GUARD)
+
+
+def reopen(fd: int) -> int:
+    """A new open file description of the file behind ``fd`` (read-write),
+    for a lock that must end when a handle closes rather than when its last
+    mapping goes."""
+    return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
