@@ -8,17 +8,24 @@ are described in :mod:`mmarray._header`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
+import sys
+import threading
 import weakref
 from typing import Any, Literal
 
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
+from . import _locks
 from ._base import MappedBuffer, as_dtype, as_index, as_shape
 from ._file import MappedFile, abspath
 from ._header import can_grow, data_offset_for, encode_header, read_header
+from ._lifetime import finalizer
+from ._region import allocate
 from ._shared import SharedBlock
 
 ArrayMode = Literal["r", "r+", "c", "w+", "x+", "a"]
@@ -33,8 +40,29 @@ MIN_GROWTH_BYTES = 1 << 16
 PWRITE_BYTES = 1 << 16
 
 
+#: Descriptors holding writer locks in this process: a forked child closes
+#: its copies, so that only the parent holds the lock (a child that lived
+#: on would otherwise keep the array locked after the parent closed it).
+_WRITER_FDS: set[int] = set()
+
+
+def _forget_writer_locks() -> None:
+    for fd in _WRITER_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _WRITER_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_writer_locks)
+
+
 class _State:
-    """The mutable part of a MappedArray, shared with its finalizer."""
+    """The mutable part of a MappedArray, shared with its finalizer.
+
+    ``lock`` serialises whatever changes the length or the mapping
+    (append, resize, flush, close) between threads.
+    """
 
     __slots__ = (
         "buf",
@@ -42,15 +70,19 @@ class _State:
         "dtype",
         "fortran",
         "length",
+        "lock",
         "offset",
         "recorded",
         "row_nbytes",
         "row_shape",
+        "writer_fd",
         "written",
     )
 
     def __init__(self, buf: MappedBuffer, header: Any) -> None:
         self.buf = buf
+        self.lock = threading.RLock()
+        self.writer_fd = -1  # a description of our own holding the writer lock
         self.dtype: np.dtype = header.dtype
         self.fortran: bool = header.fortran_order
         self.offset: int = header.data_offset
@@ -69,24 +101,56 @@ class _State:
 
     def flush(self) -> None:
         """Data first, then the header's new length (see ``_header``)."""
-        buf = self.buf
-        if buf.closed or buf.mode in ("r", "c"):
-            return
-        nbytes = math.prod(self.shape) * self.dtype.itemsize
-        buf.flush(self.offset, nbytes)
-        if self.length != self.recorded:
-            head = encode_header(self.dtype, self.shape, self.fortran, self.offset)
-            buf._pwrite(head, 0)
-            buf._sync()  # the new length is durable too, not only the rows
-            self.recorded = self.length
+        with self.lock:
+            buf = self.buf
+            if buf.closed or buf.mode in ("r", "c"):
+                return
+            nbytes = math.prod(self.shape) * self.dtype.itemsize
+            buf.flush(self.offset, nbytes)
+            if self.length != self.recorded:
+                head = encode_header(self.dtype, self.shape, self.fortran, self.offset)
+                buf._pwrite(head, 0)
+                buf._sync()  # the new length is durable too, not only the rows
+                self.recorded = self.length
+
+    def take_writer_lock(self, target: str) -> None:
+        """Become the array's one writer, or ``BlockingIOError``."""
+        if self.writer_fd < 0:
+            self.writer_fd = writer_lock(self.buf, target)
+
+    def release_writer_lock(self) -> None:
+        fd, self.writer_fd = self.writer_fd, -1
+        if fd >= 0:
+            _WRITER_FDS.discard(fd)
+            os.close(fd)
+
+
+def writer_lock(buf: MappedBuffer, target: str) -> int:
+    """The writer lock of the array in ``buf``, on a description of its own
+    (so that it ends with the handle, not with the last view): its
+    descriptor, or ``BlockingIOError`` if another handle holds it."""
+    fd = _locks.reopen(buf._live().fd)
+    if not _locks.try_lock(fd, _locks.WRITER):
+        os.close(fd)
+        raise BlockingIOError(
+            errno.EAGAIN,
+            f"{target!r} is open for appending by another handle (in this process or "
+            "another); one writer per array: close that handle, or open this one with "
+            "mode 'r'",
+        )
+    _WRITER_FDS.add(fd)
+    return fd
 
 
 def _finish(state: _State) -> None:
-    """Record the length and release the mapping (close, gc or exit)."""
-    try:
-        state.flush()
-    finally:
-        state.buf.close()
+    """Record the length and release the mapping and the writer lock (close,
+    gc or exit; only ever in the process that opened the array)."""
+    with state.lock:
+        try:
+            state.flush()
+        finally:
+            state.buf.close()
+            state.release_writer_lock()
 
 
 def _parse_target(target: Any) -> tuple[str, str]:
@@ -101,29 +165,61 @@ def _create(
 ):
     if dtype is None or shape is None:
         raise ValueError(f"{why or f'mode {mode!r} creates the array'}: pass dtype= and shape=")
-    dt = as_dtype(dtype)
-    shp = as_shape(shape)
+    dt, shp = normalize(as_dtype(dtype), as_shape(shape))
+    # Everything that can be refused is checked before anything is created.
     offset = data_offset_for(dt, len(shp))
     rows = max(shp[0], capacity or 0) if shp else 1
     nbytes = max(rows * math.prod(shp[1:]) * dt.itemsize, 1)
+    if offset + nbytes > sys.maxsize or math.prod(shp) * dt.itemsize > sys.maxsize:
+        raise ValueError(f"shape {shp} of {dt} is too large for an array")
+    name = SHM_PREFIX + where if kind == "shm" else where
+    existing = False
     if kind == "file":
-        buf: MappedBuffer = MappedFile(where, mode, capacity=offset + nbytes)
+        buf: MappedBuffer = MappedFile(where, mode, capacity=offset + nbytes, allocate=True)
     elif mode == "w+":
         try:
             buf = SharedBlock.create(where, offset + nbytes)
-        except FileExistsError:  # reinitialise an existing block
+        except FileExistsError:  # reinitialise an existing block, in place
             buf = SharedBlock.open(where)
-            if buf.size < offset + nbytes:
-                buf.resize(offset + nbytes)
-            buf.array(np.uint8, min(buf.size - offset, nbytes), offset)[:] = 0
+            existing = True
     else:
         buf = SharedBlock.create(where, offset + nbytes)
+    writer = -1
     try:
+        # Before touching the bytes: a block that a writer holds is refused.
+        writer = writer_lock(buf, name)
+        if existing:
+            if buf.size < offset + nbytes:
+                buf.resize(offset + nbytes)
+            # All of it: rows past the new shape are capacity that resize()
+            # and append() hand out as zeros.
+            buf.array(np.uint8, buf.size - offset, offset)[:] = 0
         buf._pwrite(encode_header(dt, shp, False, offset), 0)
     except BaseException:
         buf.close()
+        if writer >= 0:
+            _WRITER_FDS.discard(writer)
+            os.close(writer)
+        if not existing:
+            _remove_created(kind, where)
         raise
-    return buf
+    return buf, writer
+
+
+def normalize(dt: np.dtype, shape: tuple[int, ...]) -> tuple[np.dtype, tuple[int, ...]]:
+    """A subarray dtype such as ``("<f4", (3,))`` is its base dtype with the
+    extra axes at the end of the shape, as numpy stores it."""
+    if dt.subdtype is not None:
+        base, extra = dt.subdtype
+        return base, (*shape, *extra)
+    return dt, shape
+
+
+def _remove_created(kind: str, where: str) -> None:
+    """Leave nothing behind when creating an array failed half-way."""
+    with contextlib.suppress(OSError):
+        if kind == "file":
+            os.unlink(where)
 
 
 def _open(kind: str, where: str, mode: str):
@@ -199,25 +295,30 @@ def open_array(
         capacity = as_index(capacity, "capacity")
     kind, where = _parse_target(target)
     created = True
+    writer = -1
     if mode in ("w+", "x+"):
-        buf = _create(kind, where, mode, dtype, shape, capacity)
+        buf, writer = _create(kind, where, mode, dtype, shape, capacity)
     elif mode == "a" and kind == "file" and _is_empty_file(where):
         # An empty file holds no array yet: "a" creates one in it.
-        buf = _create(kind, where, "w+", dtype, (0,) if shape is None else shape, capacity,
-                      why=f"{where!r} is empty: mode 'a' creates an array in it")
+        buf, writer = _create(
+            kind, where, "w+", dtype, (0,) if shape is None else shape, capacity,
+            why=f"{where!r} is empty: mode 'a' creates an array in it",
+        )
     elif mode == "a":
         try:
             buf = _open(kind, where, mode)
             created = False
         except FileNotFoundError:
-            buf = _create(kind, where, "x+", dtype, (0,) if shape is None else shape, capacity,
-                          why=f"{target!r} does not exist: mode 'a' creates it")
+            buf, writer = _create(
+                kind, where, "x+", dtype, (0,) if shape is None else shape, capacity,
+                why=f"{target!r} does not exist: mode 'a' creates it",
+            )
     else:
         buf = _open(kind, where, mode)
         created = False
     name = SHM_PREFIX + where if kind == "shm" else where
     try:
-        arr = MappedArray._from_buffer(buf, name, mode, capacity)
+        arr = MappedArray._from_buffer(buf, name, mode, capacity, writer)
         if created:
             # The first header was written but not synced: the first flush
             # (or close) rewrites and syncs it.
@@ -227,6 +328,11 @@ def open_array(
             _check_matches(arr, dtype, shape)
     except BaseException:
         buf.close()
+        if writer >= 0:
+            _WRITER_FDS.discard(writer)
+            os.close(writer)
+        if created:
+            _remove_created(kind, where)
         raise
     return arr
 
@@ -239,17 +345,23 @@ def _is_empty_file(path: str) -> bool:
 
 
 def _check_matches(arr: MappedArray, dtype: Any, shape: Any) -> None:
-    """An existing array must have the dtype and row shape the caller expects."""
-    if dtype is not None and as_dtype(dtype) != arr.dtype:
+    """An existing array must have the dtype and row shape the caller expects
+    (a subarray dtype counts as its base dtype plus trailing axes)."""
+    if dtype is None and shape is None:
+        return
+    given = arr.dtype if dtype is None else as_dtype(dtype)
+    dt, extra = normalize(given, ())
+    if dt != arr.dtype or (extra and arr.shape[len(arr.shape) - len(extra):] != extra):
         raise ValueError(
-            f"{arr.target!r} holds {arr.dtype}, not the requested dtype {np.dtype(dtype)}"
+            f"{arr.target!r} holds {arr.dtype} (shape {arr.shape}), not the requested "
+            f"dtype {given}"
         )
     if shape is not None:
-        rows = as_shape(shape)[1:]
-        if rows != arr.shape[1:] or (not as_shape(shape)) != (not arr.shape):
+        _, want = normalize(given, as_shape(shape))
+        if want[1:] != arr.shape[1:] or (not want) != (not arr.shape):
             raise ValueError(
                 f"{arr.target!r} holds rows of shape {arr.shape[1:]} (shape {arr.shape}), "
-                f"not the requested shape {as_shape(shape)}"
+                f"not the requested shape {want}"
             )
 
 
@@ -311,18 +423,22 @@ class MappedArray(NDArrayOperatorsMixin):
     mode: str
     target: str
     _state: _State
-    _arr: np.ndarray | None
+    _arr: tuple[int | None, np.ndarray] | None
     _full: np.ndarray | None
     _closer: weakref.finalize
 
     @classmethod
-    def _from_buffer(cls, buf: MappedBuffer, target: str, mode: str, capacity: int | None):
+    def _from_buffer(
+        cls, buf: MappedBuffer, target: str, mode: str, capacity: int | None, writer: int = -1
+    ):
         size = buf.size
         head = read_header(buf._map(), size)
         self = object.__new__(cls)
         self.mode = mode
         self.target = target
         self._state = s = _State(buf, head)
+        s.writer_fd = writer
+        self._closer = finalizer(self, _finish, s)
         self._growable = None if mode in ("r+", "a", "w+", "x+") else False
         self._header = head
         if mode == "a" and not self.growable:
@@ -337,9 +453,17 @@ class MappedArray(NDArrayOperatorsMixin):
         # Reserved rows of an existing file may hold anything (e.g. rows a
         # killed writer appended but never recorded).
         s.written = s.cap
-        self._closer = weakref.finalize(self, _finish, s)
         self._map_rows()
+        if mode in ("a", "w+", "x+"):
+            s.take_writer_lock(target)  # from open to close
+        region = buf._live()
+        if mode not in ("r", "c") and not region.allocate:
+            # Real storage for every row the file holds and every capacity
+            # step it grows into: a full disk is ENOSPC, never SIGBUS.
+            allocate(region.fd, 0, size)
+            region.allocate = True
         if capacity is not None and capacity > s.cap:
+            self._check_growth("reserve capacity in")
             self._reserve(capacity, exact=True)
         return self
 
@@ -392,14 +516,24 @@ class MappedArray(NDArrayOperatorsMixin):
         return raw
 
     def _view(self) -> np.ndarray:
-        arr = self._arr
-        if arr is None:
-            if self._closer.alive is False:
-                raise ValueError("operation on closed MappedArray")
-            s = self._state
-            full = self._full_view()
-            arr = full if s.length is None or s.length == s.cap else full[: s.length]
-            self._arr = arr
+        # The cached view carries the length it was made for: a reader in
+        # another thread never sees a length and a view that disagree
+        # (reads take no lock; append sets the length last).
+        cached = self._arr
+        s = self._state
+        length = s.length
+        if cached is not None and cached[0] == length:
+            return cached[1]
+        if self._closer.alive is False:
+            raise ValueError("operation on closed MappedArray")
+        full = self._full_view()
+        if length is None or length == len(full):
+            arr = full
+        else:
+            arr = full[:length]
+            if length > len(full):  # pragma: no cover - a growth raced us: no cache
+                return arr
+        self._arr = (length, arr)
         return arr
 
     # -- growth ------------------------------------------------------------------
@@ -412,18 +546,28 @@ class MappedArray(NDArrayOperatorsMixin):
                                   f"{self.mode!r}")
         if not self.growable:
             raise ValueError(f"cannot {what} {self.target!r}: {self._why_not_growable()}")
-        return self._state
+        s = self._state
+        s.take_writer_lock(self.target)  # an "r+" handle becomes the writer now
+        return s
 
     def _reserve(self, rows: int, exact: bool = False) -> None:
         s = self._state
         if rows <= s.cap:
             return
+        wanted = rows
         if not exact:
             floor = -(-MIN_GROWTH_BYTES // max(s.row_nbytes, 1))
             rows = max(rows, s.cap * GROWTH, floor)
         needed = s.offset + rows * s.row_nbytes
         if needed > s.buf.size:
-            s.buf.resize(needed)
+            try:
+                s.buf._grow_to(needed)  # never below what the storage has now
+            except OSError as e:
+                if e.errno != errno.ENOSPC or exact or rows == wanted:
+                    raise
+                # The disk cannot take a geometric step: take just the rows asked for.
+                rows, needed = wanted, s.offset + wanted * s.row_nbytes
+                s.buf._grow_to(needed)
         s.cap = rows
         self._map_rows()
 
@@ -458,31 +602,36 @@ class MappedArray(NDArrayOperatorsMixin):
         ...     a.shape
         (3, 2)
         """
-        s = self._check_growth("append to")
+        s = self._state
         if not isinstance(rows, np.ndarray):
             rows = np.asarray(rows, dtype=s.dtype)
         if rows.ndim == len(s.row_shape):
             rows = rows[np.newaxis]
         if rows.shape[1:] != s.row_shape:
             raise ValueError(
-                f"rows of shape {rows.shape[1:]} cannot be appended to rows of shape "
-                f"{s.row_shape}"
+                f"cannot append an array of shape {rows.shape} to rows of shape "
+                f"{s.row_shape}: pass shape (k, {', '.join(map(str, s.row_shape))}) "
+                f"or one row of shape {s.row_shape}"
             )
-        n = s.length
-        end = n + len(rows)
-        if end > s.cap:
-            self._reserve(end)
-        if rows.dtype != s.dtype or not rows.flags.c_contiguous:
-            self._full_view()[n:end] = rows  # numpy casts
-        elif rows.nbytes >= PWRITE_BYTES:
-            s.buf._pwrite(rows, s.offset + n * s.row_nbytes)
-        else:  # same dtype: a byte copy (numpy copies records field by field)
-            self._raw_view()[n * s.row_nbytes : end * s.row_nbytes] = rows.reshape(-1).view(
-                np.uint8
-            )
-        s.length = end
-        s.written = max(s.written, end)
-        self._arr = None
+        with s.lock:
+            self._check_growth("append to")
+            n = s.length
+            end = n + len(rows)
+            if end > s.cap:
+                self._reserve(end)
+            if rows.dtype != s.dtype or not rows.flags.c_contiguous:
+                self._full_view()[n:end] = rows  # numpy casts
+            elif rows.nbytes >= PWRITE_BYTES:
+                # As bytes: memoryview cannot export datetime64 and friends.
+                s.buf._pwrite(rows.reshape(-1).view(np.uint8), s.offset + n * s.row_nbytes)
+            else:  # same dtype: a byte copy (numpy copies records field by field)
+                self._raw_view()[n * s.row_nbytes : end * s.row_nbytes] = rows.reshape(
+                    -1
+                ).view(np.uint8)
+            # Last: an interrupt (or a full disk) before here leaves the old length.
+            s.length = end
+            s.written = max(s.written, end)
+            self._arr = None
 
     def resize(self, n: int) -> None:
         """Set the length along axis 0 to ``n`` rows; new rows read as zero.
@@ -511,20 +660,21 @@ class MappedArray(NDArrayOperatorsMixin):
         ...     a[:].tolist()
         [1.0, 1.0, 0.0, 0.0]
         """
-        s = self._check_growth("resize")
         n = as_index(n, "n")
-        if n > s.cap:
-            self._reserve(n)
-        if n > s.length:
-            # Rows never written are zero already (and sparse where the
-            # filesystem allows): only rows left over from a shrink, or of
-            # unknown content, need zeros.
-            end = min(n, s.written)
-            if end > s.length:
-                self._raw_view()[s.length * s.row_nbytes : end * s.row_nbytes] = 0
-            s.written = max(s.written, n)
-        s.length = n
-        self._arr = None
+        s = self._state
+        with s.lock:
+            self._check_growth("resize")
+            if n > s.cap:
+                self._reserve(n)
+            if n > s.length:
+                # Rows never written are zero already: only rows left over
+                # from a shrink, or of unknown content, need zeros.
+                end = min(n, s.written)
+                if end > s.length:
+                    self._raw_view()[s.length * s.row_nbytes : end * s.row_nbytes] = 0
+                s.written = max(s.written, n)
+            s.length = n
+            self._arr = None
 
     # -- durability and lifetime ---------------------------------------------------
 
@@ -571,8 +721,17 @@ class MappedArray(NDArrayOperatorsMixin):
         >>> a.closed
         True
         """
-        self._map_rows()
-        self._closer()
+        with self._state.lock:
+            self._map_rows()
+            self._closer()
+
+    def __copy__(self) -> np.ndarray:
+        # An in-memory copy, like ndarray.__copy__ (pickling, not copying,
+        # is what travels by reference).
+        return np.array(self._view(), copy=True)
+
+    def __deepcopy__(self, memo: dict) -> np.ndarray:
+        return np.array(self._view(), copy=True)
 
     @property
     def closed(self) -> bool:

@@ -6,7 +6,9 @@ User mistakes print one line on stderr and exit non-zero; no tracebacks.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -36,8 +38,17 @@ def _head_and_size(target: str) -> tuple[bytes, int, str]:
             n = min(blk.size, MAX_HEADER_SIZE + 64)
             return blk.read_array(0, "u1", n).tobytes(), blk.size, target
     path = os.path.abspath(target)
-    with open(path, "rb") as f:
-        return f.read(MAX_HEADER_SIZE + 64), os.fstat(f.fileno()).st_size, path
+    # O_NONBLOCK: opening a FIFO must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        return os.pread(fd, MAX_HEADER_SIZE + 64, 0), st.st_size, path
+    finally:
+        os.close(fd)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -203,9 +203,15 @@ def data_offset_for(dtype: np.dtype, ndim: int) -> int:
     leaves room for the header with any axis length."""
     widest, _ = _text(dtype, (10**GROWTH_DIGITS,) * max(ndim, 1), False)
     needed = 12 + len(widest) + 1
-    if needed > MAX_HEADER_SIZE:
-        raise ValueError(f"dtype {dtype} is too complex for a .npy header numpy will load")
-    return -(-needed // DATA_ALIGN) * DATA_ALIGN
+    offset = -(-needed // DATA_ALIGN) * DATA_ALIGN
+    # The padded header is what numpy reads: it must be within its limit.
+    if offset - 10 > MAX_HEADER_SIZE:
+        what = f"{len(dtype.names)} fields" if dtype.names else f"{dtype.itemsize} bytes"
+        raise ValueError(
+            f"the dtype ({what}) is too complex: its .npy header would take {offset} bytes, "
+            f"and numpy loads headers of at most {MAX_HEADER_SIZE}"
+        )
+    return offset
 
 
 def can_grow(header: Header) -> bool:

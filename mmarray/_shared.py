@@ -21,9 +21,10 @@ import errno
 import os
 import re
 import sys
-import weakref
+import time
 
 from ._base import MappedBuffer, as_index
+from ._lifetime import finalizer
 from ._region import Map, Region, Source, allocate, new_map
 from ._views import OPENERS
 
@@ -34,8 +35,14 @@ if _USE_POSIX:
 #: Where Linux keeps POSIX shared memory (used to list blocks and stat names).
 SHM_DIR = "/dev/shm"
 NAME_MAX = 200
-_NAME_RE = re.compile(rf"[A-Za-z0-9_\-][A-Za-z0-9._\-]{{0,{NAME_MAX - 1}}}")
-_NAME_RULE = f"1-{NAME_MAX} characters of [A-Za-z0-9._-], not starting with '.'"
+_NAME_RE = re.compile(rf"(?!sem\.)[A-Za-z0-9_\-][A-Za-z0-9._\-]{{0,{NAME_MAX - 1}}}")
+_NAME_RULE = (
+    f"1-{NAME_MAX} characters of [A-Za-z0-9._-], not starting with '.' or 'sem.' "
+    "(the prefix of POSIX semaphores)"
+)
+#: How long opening waits for a block's creator to size it (the moment
+#: between its shm_open and ftruncate).
+SIZE_WAIT = 2.0
 
 
 def check_name(name: object) -> str:
@@ -67,10 +74,8 @@ def _identity(fd: int) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _unlink_if_same(name: str, ident: tuple[int, int], pid: int) -> None:
-    """Unlink ``name`` if it still names block ``ident`` and we made it."""
-    if os.getpid() != pid:  # a forked child inherited the token
-        return
+def _unlink_if_same(name: str, ident: tuple[int, int]) -> None:
+    """Unlink ``name`` if it still names block ``ident``."""
     try:
         st = os.stat(os.path.join(SHM_DIR, name))
         if (st.st_dev, st.st_ino) == ident:
@@ -84,7 +89,9 @@ class _Owner:
     name when the last of them is gone (or at exit)."""
 
     def __init__(self, name: str, ident: tuple[int, int]) -> None:
-        self.finalizer = weakref.finalize(self, _unlink_if_same, name, ident, os.getpid())
+        # Only in the creating process (a forked child inherits the token),
+        # also at the exit of a fork/forkserver multiprocessing worker.
+        self.finalizer = finalizer(self, _unlink_if_same, name, ident)
 
 
 def block_sizes() -> dict[str, int]:
@@ -140,6 +147,7 @@ def _reopen(source: Source) -> Map:
     flags = os.O_RDWR if source.access == "write" else os.O_RDONLY
     fd = _shm_open(source.target, flags)
     try:
+        _wait_for_size(fd, source.target)
         return new_map(fd, os.fstat(fd).st_size, source)
     finally:
         os.close(fd)
@@ -305,8 +313,7 @@ class SharedBlock(MappedBuffer):
         name = check_name(name)
         fd = _shm_open(name, os.O_RDONLY if readonly else os.O_RDWR)
         try:
-            if os.fstat(fd).st_size == 0:
-                raise ValueError(f"shared block {name!r} has size 0 (not yet sized?)")
+            _wait_for_size(fd, name)
         except BaseException:
             os.close(fd)
             raise
@@ -395,6 +402,21 @@ class SharedBlock(MappedBuffer):
         if self._closed:
             raise ValueError("cannot pickle a closed SharedBlock")
         return (_open_for_unpickle, (self.name, self.readonly))
+
+
+def _wait_for_size(fd: int, name: str) -> None:
+    """Wait (briefly) until the block's creator has sized it: another
+    process may be between its ``shm_open`` and its ``ftruncate``."""
+    deadline = time.monotonic() + SIZE_WAIT
+    delay = 1e-5
+    while os.fstat(fd).st_size == 0:
+        if time.monotonic() > deadline:
+            raise ValueError(
+                f"shared block {name!r} has size 0: it was created but never sized "
+                f"(waited {SIZE_WAIT} s)"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
 
 
 def _open_for_unpickle(name: str, readonly: bool) -> SharedBlock:

@@ -66,7 +66,8 @@ def reference(arr: np.ndarray) -> tuple | None:
     if m is None or m.source.access == "copy" or not m.source.target or m.closed:
         return None
     offset = arr.__array_interface__["data"][0] - m.address
-    return (m.source, offset, arr.dtype, arr.shape, arr.strides)
+    # A view made read-only (arr.flags.writeable = False) stays read-only.
+    return (m.source, offset, arr.dtype, arr.shape, arr.strides, arr.flags.writeable)
 
 
 def reduce_by_reference(
@@ -93,6 +94,7 @@ def rebuild(
     dtype: np.dtype,
     shape: tuple[int, ...],
     strides: tuple[int, ...],
+    writeable: bool = True,
 ) -> np.ndarray:
     """Unpickle: map ``source`` in this process and view the same bytes."""
     try:
@@ -107,7 +109,10 @@ def rebuild(
             f"which now has {len(m)}"
         )
     cls = ARRAY_TYPES[kind] if isinstance(kind, str) else kind
-    return view(cls, m, dtype, shape, offset, strides)
+    arr = view(cls, m, dtype, shape, offset, strides)
+    if not writeable:
+        arr.flags.writeable = False
+    return arr
 
 
 def extent(

@@ -10,6 +10,7 @@ Then appending resumes in a fresh process and the same holds.
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import random
@@ -158,13 +159,16 @@ def check_prefix(target: str, at_least: int) -> int:
 def target(request, tmp_path, shm_name):
     """A fresh, empty array; a shared block is owned by this process."""
     where = str(tmp_path / "crash.npy") if request.param == "file" else "shm://" + shm_name
-    owner = mm.open_array(where, "x+", dtype=DT, shape=(0,))
     if request.param == "file":
-        owner.close()
-        yield where
+        mm.open_array(where, "x+", dtype=DT, shape=(0,)).close()
     else:
-        yield where
-        owner.close()  # the children only opened it; the fixture removes it anyway
+        # A persistent block holding an empty .npy, so that no handle of
+        # ours is its writer (the children append); shm_name removes it.
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(0, DT))
+        with mm.SharedBlock.create(shm_name, 1 << 16, persist=True) as blk:
+            blk.write_array(0, np.frombuffer(buf.getvalue(), np.uint8))
+    yield where
 
 
 def test_sigkill_never_loses_flushed_rows(target):
