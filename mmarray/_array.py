@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import threading
+import time
 import weakref
 from typing import Any, Literal
 
@@ -21,10 +22,12 @@ import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from . import _locks
-from ._base import MappedBuffer, as_dtype, as_index, as_shape
+from ._base import MappedBuffer, as_dtype, as_index, as_shape, as_timeout
 from ._file import MappedFile, abspath
 from ._header import can_grow, data_offset_for, encode_header, read_header
 from ._lifetime import finalizer
+from ._locks import Held
+from ._record import State, close_writer_fd, finish, writer_lock
 from ._region import allocate
 from ._shared import SharedBlock
 
@@ -38,119 +41,8 @@ MIN_GROWTH_BYTES = 1 << 16
 #: Appends at least this big are written with pwrite rather than through the
 #: mapping: measured here, 2.5x faster for fresh pages of a sparse file.
 PWRITE_BYTES = 1 << 16
-
-
-#: Descriptors holding writer locks in this process: a forked child closes
-#: its copies, so that only the parent holds the lock (a child that lived
-#: on would otherwise keep the array locked after the parent closed it).
-_WRITER_FDS: set[int] = set()
-
-
-def _forget_writer_locks() -> None:
-    for fd in _WRITER_FDS:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _WRITER_FDS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_writer_locks)
-
-
-class _State:
-    """The mutable part of a MappedArray, shared with its finalizer.
-
-    ``lock`` serialises whatever changes the length or the mapping
-    (append, resize, flush, close) between threads.
-    """
-
-    __slots__ = (
-        "buf",
-        "cap",
-        "dtype",
-        "fortran",
-        "length",
-        "lock",
-        "offset",
-        "recorded",
-        "row_nbytes",
-        "row_shape",
-        "writer_fd",
-        "written",
-    )
-
-    def __init__(self, buf: MappedBuffer, header: Any) -> None:
-        self.buf = buf
-        self.lock = threading.RLock()
-        self.writer_fd = -1  # a description of our own holding the writer lock
-        self.dtype: np.dtype = header.dtype
-        self.fortran: bool = header.fortran_order
-        self.offset: int = header.data_offset
-        self.row_shape: tuple[int, ...] = header.shape[1:]
-        self.row_nbytes = math.prod(self.row_shape) * self.dtype.itemsize
-        self.length: int | None = header.shape[0] if header.shape else None
-        self.recorded = self.length  # the length the header on storage says
-        # Rows at and past this index are known to be zero (never written).
-        self.written = 0
-        self.cap = 0
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The current shape; axis 0 is the length."""
-        return () if self.length is None else (self.length, *self.row_shape)
-
-    def flush(self) -> None:
-        """Data first, then the header's new length (see ``_header``)."""
-        with self.lock:
-            buf = self.buf
-            if buf.closed or buf.mode in ("r", "c"):
-                return
-            nbytes = math.prod(self.shape) * self.dtype.itemsize
-            buf.flush(self.offset, nbytes)
-            if self.length != self.recorded:
-                head = encode_header(self.dtype, self.shape, self.fortran, self.offset)
-                buf._pwrite(head, 0)
-                buf._sync()  # the new length is durable too, not only the rows
-                self.recorded = self.length
-
-    def take_writer_lock(self, target: str) -> None:
-        """Become the array's one writer, or ``BlockingIOError``."""
-        if self.writer_fd < 0:
-            self.writer_fd = writer_lock(self.buf, target)
-
-    def release_writer_lock(self) -> None:
-        fd, self.writer_fd = self.writer_fd, -1
-        if fd >= 0:
-            _WRITER_FDS.discard(fd)
-            os.close(fd)
-
-
-def writer_lock(buf: MappedBuffer, target: str) -> int:
-    """The writer lock of the array in ``buf``, on a description of its own
-    (so that it ends with the handle, not with the last view): its
-    descriptor, or ``BlockingIOError`` if another handle holds it."""
-    fd = _locks.reopen(buf._live().fd)
-    if not _locks.try_lock(fd, _locks.WRITER):
-        os.close(fd)
-        raise BlockingIOError(
-            errno.EAGAIN,
-            f"{target!r} is open for appending by another handle (in this process or "
-            "another); one writer per array: close that handle, or open this one with "
-            "mode 'r'",
-        )
-    _WRITER_FDS.add(fd)
-    return fd
-
-
-def _finish(state: _State) -> None:
-    """Record the length and release the mapping and the writer lock (close,
-    gc or exit; only ever in the process that opened the array)."""
-    with state.lock:
-        try:
-            state.flush()
-        finally:
-            state.buf.close()
-            state.release_writer_lock()
+#: wait(): the first and the longest sleep between refreshes, in seconds.
+WAIT_FIRST, WAIT_MAX = 1e-4, 0.05
 
 
 def _parse_target(target: Any) -> tuple[str, str]:
@@ -161,7 +53,14 @@ def _parse_target(target: Any) -> tuple[str, str]:
 
 
 def _create(
-    kind: str, where: str, mode: str, dtype: Any, shape: Any, capacity: int | None, why: str = ""
+    kind: str,
+    where: str,
+    mode: str,
+    dtype: Any,
+    shape: Any,
+    capacity: int | None,
+    why: str = "",
+    concurrent: bool = False,
 ):
     if dtype is None or shape is None:
         raise ValueError(f"{why or f'mode {mode!r} creates the array'}: pass dtype= and shape=")
@@ -187,7 +86,7 @@ def _create(
     writer = -1
     try:
         # Before touching the bytes: a block that a writer holds is refused.
-        writer = writer_lock(buf, name)
+        writer = writer_lock(buf, name, concurrent=concurrent)
         if existing:
             if buf.size < offset + nbytes:
                 buf.resize(offset + nbytes)
@@ -197,9 +96,7 @@ def _create(
         buf._pwrite(encode_header(dt, shp, False, offset), 0)
     except BaseException:
         buf.close()
-        if writer >= 0:
-            _WRITER_FDS.discard(writer)
-            os.close(writer)
+        close_writer_fd(writer)
         if not existing:
             _remove_created(kind, where)
         raise
@@ -237,6 +134,7 @@ def open_array(
     dtype: Any = None,
     shape: Any = None,
     capacity: int | None = None,
+    concurrent: bool = False,
 ) -> MappedArray:
     """Open (or create) a growable array stored as a ``.npy`` file or block.
 
@@ -259,6 +157,14 @@ def open_array(
     capacity : int, optional
         Rows along axis 0 to reserve (more rows can be appended before the
         file or block has to grow).
+    concurrent : bool, default False
+        Share appending with other handles and processes that pass it too
+        (modes ``"r+"``, ``"a"``, ``"w+"``, ``"x+"``): every append, resize
+        and flush then holds the array's lock, picks up the length the
+        others recorded, writes after it and records the new length before
+        letting go, so other processes see each append after their
+        :meth:`MappedArray.refresh`.  Without it one handle at a time may
+        change the length (the others get ``BlockingIOError``).
 
     Returns
     -------
@@ -274,8 +180,21 @@ def open_array(
         shape differs from ``dtype``/``shape``.
     TypeError
         For object dtypes.
+    BlockingIOError
+        When another handle -- in this process or another -- is the
+        array's writer (``"a"``/``"w+"``/``"x+"``, or an ``"r+"`` handle
+        that appended), or a concurrent and a plain writer meet.
+    OSError
+        ENOSPC when the storage cannot hold the array: real storage is
+        reserved for every row it can hold.
     FileNotFoundError, FileExistsError, PermissionError
         As for the underlying file or block.
+
+    Notes
+    -----
+    ``"w+"`` on a file that live arrays or handles map (here or in another
+    mmarray process) puts a new file at the same path; the old arrays keep
+    the old bytes.  A file nobody maps is truncated in place.
 
     Examples
     --------
@@ -293,16 +212,19 @@ def open_array(
         raise ValueError(f"mode must be one of {MODES!r} (got {mode!r})")
     if capacity is not None:
         capacity = as_index(capacity, "capacity")
+    concurrent = bool(concurrent)
+    if concurrent and mode not in ("r+", "a", "w+", "x+"):
+        raise ValueError(f"concurrent=True is for modes 'r+', 'a', 'w+', 'x+' (got {mode!r})")
     kind, where = _parse_target(target)
     created = True
     writer = -1
     if mode in ("w+", "x+"):
-        buf, writer = _create(kind, where, mode, dtype, shape, capacity)
+        buf, writer = _create(kind, where, mode, dtype, shape, capacity, concurrent=concurrent)
     elif mode == "a" and kind == "file" and _is_empty_file(where):
         # An empty file holds no array yet: "a" creates one in it.
         buf, writer = _create(
             kind, where, "w+", dtype, (0,) if shape is None else shape, capacity,
-            why=f"{where!r} is empty: mode 'a' creates an array in it",
+            why=f"{where!r} is empty: mode 'a' creates an array in it", concurrent=concurrent,
         )
     elif mode == "a":
         try:
@@ -311,14 +233,14 @@ def open_array(
         except FileNotFoundError:
             buf, writer = _create(
                 kind, where, "x+", dtype, (0,) if shape is None else shape, capacity,
-                why=f"{target!r} does not exist: mode 'a' creates it",
+                why=f"{target!r} does not exist: mode 'a' creates it", concurrent=concurrent,
             )
     else:
         buf = _open(kind, where, mode)
         created = False
     name = SHM_PREFIX + where if kind == "shm" else where
     try:
-        arr = MappedArray._from_buffer(buf, name, mode, capacity, writer)
+        arr = MappedArray._from_buffer(buf, name, mode, capacity, writer, concurrent)
         if created:
             # The first header was written but not synced: the first flush
             # (or close) rewrites and syncs it.
@@ -328,9 +250,7 @@ def open_array(
             _check_matches(arr, dtype, shape)
     except BaseException:
         buf.close()
-        if writer >= 0:
-            _WRITER_FDS.discard(writer)
-            os.close(writer)
+        close_writer_fd(writer)
         if created:
             _remove_created(kind, where)
         raise
@@ -422,23 +342,30 @@ class MappedArray(NDArrayOperatorsMixin):
 
     mode: str
     target: str
-    _state: _State
+    _state: State
     _arr: tuple[int | None, np.ndarray] | None
     _full: np.ndarray | None
     _closer: weakref.finalize
 
     @classmethod
     def _from_buffer(
-        cls, buf: MappedBuffer, target: str, mode: str, capacity: int | None, writer: int = -1
+        cls,
+        buf: MappedBuffer,
+        target: str,
+        mode: str,
+        capacity: int | None,
+        writer: int = -1,
+        concurrent: bool = False,
     ):
         size = buf.size
         head = read_header(buf._map(), size)
         self = object.__new__(cls)
         self.mode = mode
         self.target = target
-        self._state = s = _State(buf, head)
+        self._state = s = State(buf, head, target)
         s.writer_fd = writer
-        self._closer = finalizer(self, _finish, s)
+        s.concurrent = concurrent
+        self._closer = finalizer(self, finish, s)
         self._growable = None if mode in ("r+", "a", "w+", "x+") else False
         self._header = head
         if mode == "a" and not self.growable:
@@ -454,8 +381,8 @@ class MappedArray(NDArrayOperatorsMixin):
         # killed writer appended but never recorded).
         s.written = s.cap
         self._map_rows()
-        if mode in ("a", "w+", "x+"):
-            s.take_writer_lock(target)  # from open to close
+        if mode in ("a", "w+", "x+") or concurrent:
+            s.take_writer_lock()  # from open to close
         region = buf._live()
         if mode not in ("r", "c") and not region.allocate:
             # Real storage for every row the file holds and every capacity
@@ -538,7 +465,7 @@ class MappedArray(NDArrayOperatorsMixin):
 
     # -- growth ------------------------------------------------------------------
 
-    def _check_growth(self, what: str) -> _State:
+    def _check_growth(self, what: str) -> State:
         if not self._closer.alive:
             raise ValueError("operation on closed MappedArray")
         if self.mode in ("r", "c"):
@@ -547,7 +474,7 @@ class MappedArray(NDArrayOperatorsMixin):
         if not self.growable:
             raise ValueError(f"cannot {what} {self.target!r}: {self._why_not_growable()}")
         s = self._state
-        s.take_writer_lock(self.target)  # an "r+" handle becomes the writer now
+        s.take_writer_lock()  # an "r+" handle becomes the writer now
         return s
 
     def _reserve(self, rows: int, exact: bool = False) -> None:
@@ -613,25 +540,33 @@ class MappedArray(NDArrayOperatorsMixin):
                 f"{s.row_shape}: pass shape (k, {', '.join(map(str, s.row_shape))}) "
                 f"or one row of shape {s.row_shape}"
             )
-        with s.lock:
-            self._check_growth("append to")
-            n = s.length
-            end = n + len(rows)
-            if end > s.cap:
-                self._reserve(end)
-            if rows.dtype != s.dtype or not rows.flags.c_contiguous:
-                self._full_view()[n:end] = rows  # numpy casts
-            elif rows.nbytes >= PWRITE_BYTES:
-                # As bytes: memoryview cannot export datetime64 and friends.
-                s.buf._pwrite(rows.reshape(-1).view(np.uint8), s.offset + n * s.row_nbytes)
-            else:  # same dtype: a byte copy (numpy copies records field by field)
-                self._raw_view()[n * s.row_nbytes : end * s.row_nbytes] = rows.reshape(
-                    -1
-                ).view(np.uint8)
-            # Last: an interrupt (or a full disk) before here leaves the old length.
-            s.length = end
-            s.written = max(s.written, end)
-            self._arr = None
+        took = s.concurrent and s.hold_array()
+        try:
+            with s.lock:
+                self._check_growth("append to")
+                if s.concurrent:
+                    self._pick_up(len(rows))
+                n = s.length
+                end = n + len(rows)
+                if end > s.cap:
+                    self._reserve(end)
+                if rows.dtype != s.dtype or not rows.flags.c_contiguous:
+                    self._full_view()[n:end] = rows  # numpy casts
+                elif rows.nbytes >= PWRITE_BYTES:
+                    # As bytes: memoryview cannot export datetime64 and friends.
+                    s.buf._pwrite(rows.reshape(-1).view(np.uint8), s.offset + n * s.row_nbytes)
+                else:  # same dtype: a byte copy (numpy copies records field by field)
+                    self._raw_view()[n * s.row_nbytes : end * s.row_nbytes] = rows.reshape(
+                        -1
+                    ).view(np.uint8)
+                # Last: an interrupt (or a full disk) before here leaves the old length.
+                s.length = end
+                s.written = max(s.written, end)
+                self._arr = None
+                if s.concurrent:
+                    s.record()  # before the lock goes: the others append after these rows
+        finally:
+            s.release_array(took)
 
     def resize(self, n: int) -> None:
         """Set the length along axis 0 to ``n`` rows; new rows read as zero.
@@ -662,29 +597,66 @@ class MappedArray(NDArrayOperatorsMixin):
         """
         n = as_index(n, "n")
         s = self._state
-        with s.lock:
-            self._check_growth("resize")
+        took = s.concurrent and s.hold_array()
+        try:
+            with s.lock:
+                self._check_growth("resize")
+                if s.concurrent:
+                    self._pick_up()
+                if n > s.cap:
+                    self._reserve(n)
+                if n > s.length:
+                    # Rows never written are zero already: only rows left over
+                    # from a shrink, or of unknown content, need zeros.
+                    end = min(n, s.written)
+                    if end > s.length:
+                        self._raw_view()[s.length * s.row_nbytes : end * s.row_nbytes] = 0
+                    s.written = max(s.written, n)
+                s.length = n
+                self._arr = None
+                if s.concurrent:
+                    s.record()
+        finally:
+            s.release_array(took)
+
+    def _pick_up(self, more: int = 0) -> None:
+        """A concurrent handle, holding the array lock, takes the length --
+        and, when it needs room for ``more`` rows past it, the capacity --
+        that the other writers left."""
+        s = self._state
+        n = s.recorded_length()
+        if n + more > s.cap and s.row_nbytes:
+            size = s.buf.refresh()  # another writer may have grown it
+            cap = (size - s.offset) // s.row_nbytes
+            if cap != s.cap:
+                s.cap = cap
+                self._map_rows()
             if n > s.cap:
-                self._reserve(n)
-            if n > s.length:
-                # Rows never written are zero already: only rows left over
-                # from a shrink, or of unknown content, need zeros.
-                end = min(n, s.written)
-                if end > s.length:
-                    self._raw_view()[s.length * s.row_nbytes : end * s.row_nbytes] = 0
-                s.written = max(s.written, n)
+                raise ValueError(
+                    f"{self.target!r} records {n} rows but its storage holds {s.cap}"
+                )
+        s.written = s.cap  # the others may have written any row
+        if n != s.length:
             s.length = n
             self._arr = None
+        s.recorded = n
 
     # -- durability and lifetime ---------------------------------------------------
 
-    def flush(self) -> None:
+    def flush(self, durable: bool = True) -> None:
         """Write the data, then the header's length, to storage.
 
         After it returns, ``np.load`` and other processes see the current
         length, and neither a killed process nor an OS crash can lose the
         rows written so far (data is synced before the header, then the
         header is synced).
+
+        Parameters
+        ----------
+        durable : bool, default True
+            False records the length in the header without waiting for the
+            disk: other processes see the rows at once and a killed process
+            loses nothing; only an OS crash (or power cut) can.
 
         Raises
         ------
@@ -703,7 +675,192 @@ class MappedArray(NDArrayOperatorsMixin):
         """
         if not self._closer.alive:
             raise ValueError("operation on closed MappedArray")
-        self._state.flush()
+        s = self._state
+        if s.concurrent:
+            took = s.hold_array()
+            try:
+                with s.lock:
+                    self._pick_up()
+            finally:
+                s.release_array(took)
+        s.flush(durable)
+
+    def refresh(self) -> int:
+        """Pick up the length that other processes recorded in the header.
+
+        A reader calls it to see rows that a writer appended and flushed
+        (or that ``concurrent=True`` appenders recorded); views taken
+        before stay valid with their old shapes.  Cheap when nothing
+        changed: the header's bytes are compared, not parsed, and nothing is
+        mapped again.  A plain writer's own handle returns its own length.
+
+        Returns
+        -------
+        int
+            The length, as ``len()`` now reports it.
+
+        Raises
+        ------
+        ValueError
+            If the array is closed, or the target now holds a different array.
+        TypeError
+            For a 0-d array (it has no length).
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "rf.npy")
+        >>> writer = mm.open_array(path, "a", dtype=np.int64)
+        >>> reader = mm.open_array(path, "r")
+        >>> writer.append(np.arange(3)); writer.flush()
+        >>> len(reader), reader.refresh(), int(reader[-1])
+        (0, 3, 2)
+        >>> writer.close(); reader.close()
+        """
+        if not self._closer.alive:
+            raise ValueError("operation on closed MappedArray")
+        s = self._state
+        if s.length is None:
+            raise TypeError("a 0-d MappedArray has no length to refresh")
+        if s.writer_fd >= 0 and not s.concurrent:
+            return s.length  # the one writer: the length is this handle's own
+        field = s.field
+        if field is not None and s._probe(field.probe) == s.seen:
+            return s.length  # nothing changed: no lock, no parse, no remap
+        took = s.hold_array(shared=True)
+        try:
+            with s.lock:
+                self._take_recorded()
+        finally:
+            s.release_array(took)
+        return s.length
+
+    def _take_recorded(self) -> None:
+        s = self._state
+        n = s.recorded_length()
+        end = s.offset + n * s.row_nbytes
+        if end > s.buf.size:
+            s.buf.refresh()
+            if end > s.buf.size:
+                raise ValueError(
+                    f"{self.target!r} records {n} rows, but its storage ends at byte "
+                    f"{s.buf.size}"
+                )
+            if s.row_nbytes:
+                s.cap = (s.buf.size - s.offset) // s.row_nbytes
+            self._map_rows()
+        if n != s.length:
+            if s.fortran and s.row_shape:
+                raise ValueError(
+                    f"{self.target!r} was re-created with another length in Fortran "
+                    "order; open it again"
+                )
+            s.length = s.recorded = n
+            self._arr = None
+        if s.field is not None:
+            s.seen = s._probe(s.field.probe)
+
+    def wait(self, length: int, timeout: float | None = None) -> int:
+        """Block until the array has at least ``length`` rows.
+
+        Polls :meth:`refresh` with a short backoff (from 0.1 ms up to
+        50 ms), so a notebook can follow a running job's output.
+
+        Parameters
+        ----------
+        length : int
+            The number of rows to wait for.
+        timeout : float, optional
+            Seconds; None waits for as long as it takes.
+
+        Returns
+        -------
+        int
+            The length reached (``>= length``).
+
+        Raises
+        ------
+        TimeoutError
+            If ``timeout`` passed first.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "wt.npy")
+        >>> with mm.open_array(path, "a", dtype=np.int64) as w:
+        ...     w.append(np.arange(4)); w.flush()
+        ...     with mm.open_array(path, "r") as r:
+        ...         r.wait(4, timeout=1)
+        4
+        """
+        length = as_index(length, "length")
+        timeout = as_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = WAIT_FIRST
+        while True:
+            n = self.refresh()
+            if n >= length:
+                return n
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(
+                    f"{self.target!r} has {n} rows, not {length}, after {timeout} s"
+                )
+            time.sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 1.5, WAIT_MAX)
+
+    def lock(self, *, shared: bool = False, timeout: float | None = None) -> Held:
+        """Hold the array's lock: a context manager.
+
+        Excludes other handles, threads and processes that call ``lock()``
+        on the same array, and the appends, resizes and flushes of
+        ``concurrent=True`` handles (and header writes of any writer): use
+        it for read-modify-write across processes.  The kernel releases it
+        if the holder dies.  Appending from inside ``with arr.lock():``
+        works (the thread holds the lock already); the lock is not
+        reentrant otherwise.
+
+        Parameters
+        ----------
+        shared : bool, default False
+            A shared (reader) lock.
+        timeout : float, optional
+            Seconds to wait; None waits, 0 tries once.
+
+        Returns
+        -------
+        Held
+            Use it with ``with``, or call its ``release()``.
+
+        Raises
+        ------
+        TimeoutError
+            When the lock was not free within ``timeout``.
+        RuntimeError
+            If this thread holds this array's lock already.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "lk.npy")
+        >>> with mm.open_array(path, "w+", dtype=np.int64, shape=(1,)) as a:
+        ...     with a.lock():
+        ...         a[0] += 1
+        ...     int(a[0])
+        1
+        """
+        if not self._closer.alive:
+            raise ValueError("operation on closed MappedArray")
+        s = self._state
+        ident = threading.get_ident()
+        if ident in s.user_locks:
+            raise RuntimeError(f"this thread already holds the lock of {self.target!r}")
+        held = _locks.acquire(
+            s.buf._live().fd, _locks.ARRAY, 1, shared=shared, timeout=as_timeout(timeout),
+            what=repr(self.target), on_release=lambda: s.user_locks.pop(ident, None),
+        )
+        s.user_locks[ident] = shared
+        return held
 
     def close(self) -> None:
         """Flush and release the mapping (idempotent).
@@ -721,9 +878,8 @@ class MappedArray(NDArrayOperatorsMixin):
         >>> a.closed
         True
         """
-        with self._state.lock:
-            self._map_rows()
-            self._closer()
+        self._closer()  # takes the locks itself, in their order
+        self._map_rows()
 
     def __copy__(self) -> np.ndarray:
         # An in-memory copy, like ndarray.__copy__ (pickling, not copying,

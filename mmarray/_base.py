@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _locks
+from ._locks import Held
 from ._region import ADVICE, PAGE_SIZE, Map, Region
 from ._views import MappedRecords, MappedView, view
 
@@ -37,6 +39,17 @@ def as_index(value: Any, name: str, *, minimum: int = 0) -> int:
     if n > sys.maxsize:
         raise ValueError(f"{name} must be at most {sys.maxsize} (got {n})")
     return n
+
+
+def as_timeout(timeout: Any) -> float | None:
+    """``timeout`` as None or a number of seconds >= 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.number)):
+        raise TypeError(f"timeout must be None or a number of seconds (got {timeout!r})")
+    if not timeout >= 0:  # also NaN
+        raise ValueError(f"timeout must be >= 0 (got {timeout!r})")
+    return float(timeout)
 
 
 def as_dtype(dtype: Any) -> np.dtype:
@@ -513,6 +526,102 @@ class MappedBuffer:
         """Make the storage at least ``size`` bytes and map all of it (for
         arrays that grow: never shrinks what another handle enlarged)."""
         self._live().resize(size, at_least=True)
+
+    def refresh(self) -> int:
+        """Pick up a size that another handle or process gave the storage.
+
+        A file or block that grew is mapped again at its new size; arrays
+        made before stay valid (with their old shapes).  Cheap when nothing
+        changed: one ``fstat``, no remapping.
+
+        Returns
+        -------
+        int
+            The size in bytes, as :attr:`size` now reports it.
+
+        Raises
+        ------
+        ValueError
+            If the handle is closed.
+
+        Examples
+        --------
+        >>> import mmarray as mm, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "rf.bin")
+        >>> with mm.MappedFile(path, "w+", capacity=4096) as f:
+        ...     with mm.MappedFile(path, "r+") as g:
+        ...         g.resize(8192)             # another handle grows the file
+        ...     f.size, f.refresh(), f.size
+        (4096, 8192, 8192)
+        """
+        return self._live().refresh()
+
+    def lock(
+        self,
+        offset: int = 0,
+        size: int | None = None,
+        *,
+        shared: bool = False,
+        timeout: float | None = None,
+    ) -> Held:
+        """Take an advisory lock on a byte range; a context manager.
+
+        Other handles, threads and processes calling ``lock()`` on an
+        overlapping range wait (or time out): exclusive locks exclude
+        everyone, shared ones only exclusive ones.  The locks are
+        open-file-description locks: the kernel releases them if the holder
+        dies, even by SIGKILL.  They do not stop plain reads and writes --
+        everyone who touches the range must take the lock.
+
+        Parameters
+        ----------
+        offset : int, default 0
+            First byte of the range.
+        size : int, optional
+            Length of the range; default: to the end (the range may extend
+            past the current size).
+        shared : bool, default False
+            A shared (reader) lock instead of an exclusive one.
+        timeout : float, optional
+            Seconds to wait; None waits for as long as it takes, 0 tries once.
+
+        Returns
+        -------
+        Held
+            Use it with ``with``, or call its ``release()``.
+
+        Raises
+        ------
+        TimeoutError
+            When the lock was not free within ``timeout``.
+        PermissionError
+            For an exclusive lock through a handle that cannot write.
+        ValueError
+            For a bad range or timeout, or a closed handle.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "lk.bin")
+        >>> with mm.MappedFile(path, "w+", capacity=64) as f:
+        ...     counter = f.array(np.int64, shape=1)
+        ...     with f.lock(0, 8):          # read-modify-write, one at a time
+        ...         counter[0] += 1
+        ...     int(counter[0])
+        1
+        """
+        region = self._live()
+        offset = as_index(offset, "offset")
+        length = _locks.RESERVED - offset if size is None else as_index(size, "size", minimum=1)
+        if offset + length > _locks.RESERVED:
+            raise ValueError(
+                f"lock ranges must end by byte {_locks.RESERVED} (mmarray keeps the bytes "
+                f"after it for its own locks; got [{offset}, {offset + length}))"
+            )
+        return _locks.acquire(
+            region.fd, offset, length, shared=shared, timeout=as_timeout(timeout),
+            what=f"{self._describe()} [{offset}, {offset + length})",
+        )
 
     def close(self) -> None:
         """Release the handle (idempotent).

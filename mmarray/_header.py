@@ -222,3 +222,62 @@ def can_grow(header: Header) -> bool:
     except ValueError:
         return False
     return True
+
+
+class LengthField:
+    """Axis 0 of one validated header, read and rewritten without numpy's
+    parser (which costs tens of microseconds; appenders that share an array
+    read and write the length at every append).
+
+    numpy writes the header keys sorted, so ``'shape'`` comes last and the
+    bytes before it -- magic, dtype, order -- never change while the array
+    grows: :meth:`read` checks them, then reads the digits after
+    ``'shape': (``; :meth:`tail` rewrites only what follows ``'shape': ``.
+    """
+
+    KEY = b"'shape': ("
+
+    def __init__(self, header: Header, raw: bytes) -> None:
+        self.header = header
+        at = raw.find(self.KEY)
+        if at < 0 or not header.shape:
+            raise ValueError("this header has no axis 0 to record")
+        #: Everything up to the digits of axis 0: the same for any length.
+        self.prefix = bytes(raw[: at + len(self.KEY)])
+        #: Where the tail that :meth:`tail` writes starts.
+        self.at = at + len(self.KEY) - 1
+        # The digits, the row dimensions and the closing text: at most this long.
+        widest = repr((10**GROWTH_DIGITS, *header.shape[1:])).encode() + b", }"
+        self.probe = min(self.at + len(widest), header.data_offset)
+        rows = header.shape[1:]
+        rest = b"," if not rows else b"".join(b", %d" % n for n in rows)
+        self._format = b"(%d" + rest + b"), }"  # repr of the shape, as numpy writes it
+        if self.probe < header.data_offset:
+            # Past the probe there are only padding spaces and the final
+            # newline, which never change: a small pwrite covers the rest.
+            self._width, self._end = self.probe - self.at, b""
+        else:
+            self._width, self._end = header.data_offset - self.at - 1, b"\n"
+
+    def read(self, raw: bytes) -> int | None:
+        """Axis 0 from the header's first :attr:`probe` bytes, or None if
+        the header is not the one this field was made for."""
+        prefix = self.prefix
+        if not raw.startswith(prefix):
+            return None
+        # numpy writes a comma after axis 0 whatever the ndim: "(5,)", "(5, 3)".
+        end = raw.find(b",", len(prefix))
+        digits = raw[len(prefix) : end]
+        if end < 0 or not digits.isdigit():
+            return None
+        return int(digits)
+
+    def tail(self, length: int) -> bytes:
+        """The bytes from :attr:`at` on that record ``length``: the shape
+        text and enough padding to cover any older, longer one."""
+        text = self._format % length
+        if len(text) > self._width:
+            shape = (length, *self.header.shape[1:])
+            raise ValueError(f"the .npy header has no room to record shape {shape}")
+        return text.ljust(self._width) + self._end
+

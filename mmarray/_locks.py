@@ -21,7 +21,16 @@ The only module that calls ``fcntl``.  The rules it rests on:
     handle or process still maps the file (the truncation guard).
   - :data:`WRITER`: the one-writer rule of growable arrays, held on a
     description of its own so that it ends with the handle, not with the
-    last array.
+    last array: exclusive for a plain writer, shared among the handles
+    opened with ``concurrent=True``.
+  - :data:`ARRAY`: the array's own lock: ``MappedArray.lock()``; held
+    exclusively while a header's length is written (and by concurrent
+    appenders from reading the length to recording the new one), shared
+    while a changed header is read.
+
+* ``lock()`` calls get a description of their own each (:func:`acquire`),
+  so they exclude each other between threads of one process too; mmarray's
+  own short holds use the handle's description, behind a thread lock.
 
 Where the platform or the filesystem has no OFD locks, locking succeeds
 without excluding anyone (the in-process checks of ``_region`` remain).
@@ -30,8 +39,11 @@ without excluding anyone (the in-process checks of ``_region`` remain).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import struct
+import time
+from collections.abc import Callable
 
 try:
     import fcntl
@@ -49,6 +61,12 @@ RESERVED = 1 << 62
 GUARD = RESERVED
 #: The one-writer lock of growable arrays.
 WRITER = RESERVED + 1
+#: The lock of one array: its length and what ``MappedArray.lock()`` holds.
+ARRAY = RESERVED + 2
+#: Tries (each followed by sched_yield) before a short hold sleeps in the kernel.
+SPINS = 100
+#: Polling for a lock with a timeout: first and longest sleep, in seconds.
+POLL_FIRST, POLL_MAX = 5e-5, 0.01
 
 # struct flock on Linux: short l_type, short l_whence, off_t l_start,
 # off_t l_len, pid_t l_pid (0 for OFD locks), padded to 32 bytes.
@@ -59,11 +77,16 @@ _BUSY = (errno.EAGAIN, errno.EACCES)
 _UNSUPPORTED = (errno.ENOLCK, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
+@functools.lru_cache(maxsize=256)
+def _flock(kind: int, start: int, length: int) -> bytes:
+    return _FLOCK.pack(kind, os.SEEK_SET, start, length, 0)
+
+
 def _fcntl(fd: int, cmd: int, kind: int, start: int, length: int) -> bool:
     if fcntl is None:
         return True
     try:
-        fcntl.fcntl(fd, cmd, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
+        fcntl.fcntl(fd, cmd, _flock(kind, start, length))
     except OSError as e:
         if e.errno in _BUSY:
             return False
@@ -89,6 +112,18 @@ def lock_wait(fd: int, start: int, length: int = 1, *, shared: bool = False) -> 
             continue
 
 
+def lock_spin(fd: int, start: int, length: int = 1, *, shared: bool = False) -> None:
+    """:func:`lock_wait` for locks held a few microseconds: try again,
+    yielding the processor, before sleeping in the kernel.  A sleeping
+    waiter is woken only after a scheduler round trip, which costs many
+    times a short hold when several processes take turns."""
+    for _ in range(SPINS):
+        if try_lock(fd, start, length, shared=shared):
+            return
+        os.sched_yield()
+    lock_wait(fd, start, length, shared=shared)
+
+
 def unlock(fd: int, start: int, length: int = 1) -> None:
     """Release the range (no error if it was not locked)."""
     _fcntl(fd, _SETLK, _UNLCK, start, length)
@@ -110,8 +145,83 @@ def guard_exclusive(fd: int) -> bool:
     return try_lock(fd, GUARD)
 
 
-def reopen(fd: int) -> int:
-    """A new open file description of the file behind ``fd`` (read-write),
-    for a lock that must end when a handle closes rather than when its last
-    mapping goes."""
-    return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+def reopen(fd: int, *, write: bool = True) -> int:
+    """A new open file description of the file behind ``fd``, for a lock
+    that must end when a handle closes (or a ``lock()`` is released) rather
+    than when its last mapping goes.  Exclusive locks need ``write``."""
+    flags = os.O_RDWR if write else os.O_RDONLY
+    return os.open(f"/proc/self/fd/{fd}", flags | os.O_CLOEXEC)
+
+
+class Held:
+    """A lock taken by :func:`acquire`; a context manager.  Releasing it
+    (or leaving ``with``) closes its description, which drops the lock."""
+
+    def __init__(self, fd: int, what: str, on_release: Callable[[], None] | None = None):
+        self._fd = fd
+        self._what = what
+        self._on_release = on_release
+
+    @property
+    def held(self) -> bool:
+        """Whether the lock is still held."""
+        return self._fd >= 0
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            if self._on_release is not None:
+                self._on_release()
+            os.close(fd)
+
+    def __enter__(self) -> Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<lock on {self._what} {'held' if self.held else 'released'}>"
+
+
+def acquire(
+    fd: int,
+    start: int,
+    length: int,
+    *,
+    shared: bool,
+    timeout: float | None,
+    what: str,
+    on_release: Callable[[], None] | None = None,
+) -> Held:
+    """Lock ``[start, start+length)`` of the file behind ``fd`` on a new
+    description: wait for it (``timeout`` None), try once (0), or poll
+    until ``timeout`` seconds have passed (then ``TimeoutError``)."""
+    try:
+        own = reopen(fd, write=not shared)
+    except PermissionError:
+        raise PermissionError(
+            f"an exclusive lock on {what} needs write access to it; pass shared=True"
+        ) from None
+    try:
+        if timeout is None:
+            lock_wait(own, start, length, shared=shared)
+        elif not _poll(own, start, length, shared, timeout):
+            raise TimeoutError(f"could not lock {what} within {timeout} s")
+    except BaseException:
+        os.close(own)
+        raise
+    return Held(own, what, on_release)
+
+
+def _poll(fd: int, start: int, length: int, shared: bool, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    delay = POLL_FIRST
+    while not try_lock(fd, start, length, shared=shared):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, POLL_MAX)
+    return True

@@ -238,6 +238,20 @@ class Region:
                     raise
                 self._retire(old)
 
+    def refresh(self) -> int:
+        """Map the storage at the size it has now (another handle or process
+        may have grown it); the old mapping stays valid for its arrays."""
+        size = self.storage_size()
+        if self.map is not None and size == len(self.map):
+            return size  # nothing changed: one fstat
+        with self.lock:
+            size = self.storage_size()
+            old = self.map
+            if old is not None and size and size != len(old):
+                self.map = new_map(self.fd, size, self.source, self.owner, self.ident)
+                self._retire(old)
+            return size
+
     def _grow(self, current: int, size: int) -> None:
         try:
             if self.allocate:
