@@ -3,10 +3,11 @@
 See the README and ``docs/`` for the guide.
 """
 
-from ._array import MappedArray, open_array
+from ._array import MappedArray
 from ._dask import to_dask
 from ._file import MappedFile
 from ._memmap import memmap
+from ._open import open_array
 from ._shared import SharedBlock, shared_blocks
 
 __version__ = "0.1.0"

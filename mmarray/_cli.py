@@ -12,8 +12,8 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from ._array import SHM_PREFIX
 from ._header import MAX_HEADER_SIZE, read_header
+from ._open import SHM_PREFIX
 from ._shared import SharedBlock, block_sizes, remove_block
 
 #: Exit status for a user mistake (argparse uses 2 for bad usage).

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._array import MappedArray, open_array
+from ._array import MappedArray
 from ._memmap import memmap
+from ._open import open_array
 from ._region import Source
 from ._views import MappedRecords, MappedView, mapping_of, rebuild, reference
 
