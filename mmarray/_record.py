@@ -216,13 +216,22 @@ class State:
             with self.lock:
                 if buf.closed:
                     return
+                if self.concurrent and self.length is not None:
+                    # The others' appends are recorded already: never write
+                    # this handle's older length over theirs.
+                    self.length = self.recorded = self.recorded_length()
+                    if self.offset + self.length * self.row_nbytes > buf.size:
+                        buf.refresh()  # another writer grew the storage
                 if durable:
                     nbytes = math.prod(self.shape) * self.dtype.itemsize
                     buf.flush(self.offset, nbytes)
-                if self.length != self.recorded:
+                changed = self.length != self.recorded
+                if changed:
                     self.record()
-                    if durable:
-                        buf._sync()  # the new length is durable too, not only the rows
+                if durable and (changed or self.concurrent):
+                    # The length is durable too, not only the rows (for a
+                    # concurrent handle: the length the others recorded).
+                    buf._sync()
         finally:
             self.release_array(took)
 
