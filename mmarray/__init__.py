@@ -9,6 +9,7 @@ from ._file import MappedFile
 from ._memmap import memmap
 from ._open import open_array
 from ._shared import SharedBlock, shared_blocks
+from ._take import take
 
 __version__ = "0.1.0"
 
@@ -20,5 +21,6 @@ __all__ = [
     "memmap",
     "open_array",
     "shared_blocks",
+    "take",
     "to_dask",
 ]

@@ -28,6 +28,7 @@ from ._lifetime import finalizer
 from ._locks import Held
 from ._record import State, finish
 from ._region import allocate
+from ._take import take
 
 #: Growth factor of the reserved capacity (n appends cost O(n) amortised).
 GROWTH = 2
@@ -38,6 +39,31 @@ MIN_GROWTH_BYTES = 1 << 16
 PWRITE_BYTES = 1 << 16
 #: wait(): the first and the longest sleep between refreshes, in seconds.
 WAIT_FIRST, WAIT_MAX = 1e-4, 0.05
+
+
+def _row_index(key: Any) -> tuple[np.ndarray, tuple] | None:
+    """``(indices, the rest of the key)`` when ``key`` gathers rows by an
+    integer array along axis 0 (``a[idx]``, ``a[idx, 2:5]``, ``a[idx, ...]``),
+    else None (numpy's own indexing handles it)."""
+    rest: tuple = ()
+    if type(key) is tuple:
+        if not key or not all(k is Ellipsis or type(k) is slice for k in key[1:]):
+            return None
+        key, rest = key[0], key[1:]
+        if rest.count(Ellipsis) > 1:
+            return None
+    if isinstance(key, np.ndarray):
+        idx = key
+    elif type(key) is list:
+        try:
+            idx = np.asarray(key)
+        except ValueError:
+            return None
+    else:
+        return None
+    if idx.ndim == 0 or idx.dtype.kind not in "iu":
+        return None
+    return idx, rest
 
 
 def _unwrap(obj: Any) -> Any:
@@ -706,7 +732,46 @@ class MappedArray(NDArrayOperatorsMixin):
         return length
 
     def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (list, tuple, np.ndarray)) and self._state.length is not None:
+            rows = _row_index(key)
+            if rows is not None:  # a[idx] or a[idx, ...]: a gather of rows
+                idx, rest = rows
+                got = take(self._view(), idx, axis=0)
+                return got[(slice(None),) * idx.ndim + rest] if rest else got
         return self._view()[key]
+
+    def take(self, indices: Any, axis: int | None = None, out: Any = None,
+             mode: str = "raise") -> np.ndarray:
+        """:func:`mmarray.take` on the current view: ``np.take``, with the
+        pages of the selected items that are not in memory requested from
+        the kernel in one batch first (``a[idx]`` along axis 0 does the same).
+
+        Parameters
+        ----------
+        indices : array_like of int
+            The items to take.
+        axis : int, optional
+            The axis to take along; None takes from the flattened array.
+        out : ndarray, optional
+            Where to put the result.
+        mode : {"raise", "wrap", "clip"}, default "raise"
+            Out-of-range indices, as for ``np.take``.
+
+        Returns
+        -------
+        numpy.ndarray
+            A copy (it does not view the mapped bytes).
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "tk.npy")
+        >>> with mm.open_array(path, "w+", dtype=np.int64, shape=(5,)) as a:
+        ...     a[:] = [10, 11, 12, 13, 14]
+        ...     a.take([4, 0]).tolist(), a[[1, -1]].tolist()
+        ([14, 10], [11, 14])
+        """
+        return take(self._view(), indices, axis=axis, out=out, mode=mode)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._view()[key] = value

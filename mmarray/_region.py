@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import pickle
 import threading
 import weakref
 from dataclasses import dataclass
@@ -107,6 +108,21 @@ def new_map(
             del _MAPS[key]
     _MAPS.setdefault(ident, weakref.WeakSet()).add(m)
     return m
+
+
+def mapping_of(arr: np.ndarray) -> Map | None:
+    """The mapping under ``arr`` if it is one of ours, else None."""
+    base: Any = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, pickle.PickleBuffer):
+        try:
+            obj = base.raw().obj
+        except (ValueError, BufferError):  # released, or not contiguous
+            return None
+        if isinstance(obj, Map):
+            return obj
+    return None
 
 
 def identity(st: os.stat_result) -> tuple[int, int]:

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ._region import Map, Source
+from ._region import Map, Source, mapping_of
+from ._take import take
 
 #: How to map a source again in another process: ``kind -> opener``.
 #: ``_file`` and ``_shared`` register themselves here.
@@ -42,21 +43,6 @@ def view(
         cls, shape, dtype, buffer=pickle.PickleBuffer(m), offset=offset, strides=strides,
         order=order,
     )
-
-
-def mapping_of(arr: np.ndarray) -> Map | None:
-    """The mapping under ``arr`` if it is one of ours, else None."""
-    base: Any = arr
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, pickle.PickleBuffer):
-        try:
-            obj = base.raw().obj
-        except (ValueError, BufferError):  # released, or not contiguous
-            return None
-        if isinstance(obj, Map):
-            return obj
-    return None
 
 
 def reference(arr: np.ndarray) -> tuple | None:
@@ -147,6 +133,12 @@ class MappedView(np.ndarray):
             return arr[()]
         return arr.view(np.ndarray)
 
+    def take(self, indices, axis=None, out=None, mode="raise"):
+        """:func:`mmarray.take`: ``np.take`` that first asks the kernel for
+        the pages of all the selected items that are not in memory.
+        (``np.take(view, ...)`` comes here too; indexing stays pure C.)"""
+        return take(self, indices, axis=axis, out=out, mode=mode)
+
     def __reduce_ex__(self, protocol):
         return reduce_by_reference(self, "view", protocol)
 
@@ -174,6 +166,8 @@ class MappedRecords(np.recarray):
         if type(res) is np.ndarray and mapping_of(res) is not None:
             return res.view(MappedView)
         return res
+
+    take = MappedView.take
 
     def __reduce_ex__(self, protocol):
         return reduce_by_reference(self, "records", protocol, np.recarray)
