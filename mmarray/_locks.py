@@ -63,8 +63,6 @@ GUARD = RESERVED
 WRITER = RESERVED + 1
 #: The lock of one array: its length and what ``MappedArray.lock()`` holds.
 ARRAY = RESERVED + 2
-#: Tries (each followed by sched_yield) before a short hold sleeps in the kernel.
-SPINS = 100
 #: Polling for a lock with a timeout: first and longest sleep, in seconds.
 POLL_FIRST, POLL_MAX = 5e-5, 0.01
 
@@ -110,18 +108,6 @@ def lock_wait(fd: int, start: int, length: int = 1, *, shared: bool = False) -> 
             return
         except InterruptedError:  # pragma: no cover - PEP 475 retries already
             continue
-
-
-def lock_spin(fd: int, start: int, length: int = 1, *, shared: bool = False) -> None:
-    """:func:`lock_wait` for locks held a few microseconds: try again,
-    yielding the processor, before sleeping in the kernel.  A sleeping
-    waiter is woken only after a scheduler round trip, which costs many
-    times a short hold when several processes take turns."""
-    for _ in range(SPINS):
-        if try_lock(fd, start, length, shared=shared):
-            return
-        os.sched_yield()
-    lock_wait(fd, start, length, shared=shared)
 
 
 def unlock(fd: int, start: int, length: int = 1) -> None:

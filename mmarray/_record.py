@@ -143,8 +143,10 @@ class State:
         return () if self.length is None else (self.length, *self.row_shape)
 
     def _probe(self, n: int) -> bytes:
-        m = self.buf._map()
-        return m[:n]  # (slicing past the end stops at the end)
+        region = self.buf._region
+        if region is None or region.map is None:
+            self.buf._live()  # raises: closed
+        return region.map[:n]  # (slicing past the end stops at the end)
 
     # -- the array lock ------------------------------------------------------
 
@@ -201,7 +203,10 @@ class State:
         """Write the current length into the header (caller holds the array
         lock); one pwrite of the bytes after ``'shape': ``."""
         if self.field is not None and self.length is not None:
-            self.buf._pwrite(self.field.tail(self.length), self.field.at)
+            tail = self.field.tail(self.length)
+            # One small pwrite into storage already allocated: all or nothing.
+            if os.pwrite(self.buf._live().fd, tail, self.field.at) != len(tail):
+                self.buf._pwrite(tail, self.field.at)  # pragma: no cover
         else:
             self.buf._pwrite(encode_header(self.dtype, self.shape, self.fortran, self.offset), 0)
         self.recorded = self.length
