@@ -5,13 +5,17 @@ on an offline machine; this draws the tracked ratios of one recorded run
 (the ``track_*`` benchmarks whose unit is ``time(a)/time(b)``) as a static
 picture instead.  By default it shows the I/O comparisons (mmarray against
 buffered reads, ``readinto`` and an in-RAM array) as speed-ups, so that bars
-right of 1 mean mmarray was faster::
+right of 1 mean mmarray was faster.  The ratios of ``processes.py``
+(concurrent appends against a queue, ``concurrent=True`` against a plain
+writer, ``refresh()`` against ``os.pread``, reserved against sparse
+storage) get a second panel below, drawn the same way::
 
     python asv_bench/plot_results.py -o docs/_static/bench-ratios.png
     python asv_bench/plot_results.py --all --as-recorded -o ratios.png
 
-Needs matplotlib and mmarray (the chart is drawn by ``mmarray._bench_report``, the
-same code as ``mmarray bench --plot``).
+Needs matplotlib and mmarray (a single panel is drawn by
+``mmarray._bench_report``, the same code as ``mmarray bench --plot``; two
+panels by :func:`panel_chart` here, in the same style).
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ import json
 import math
 import pathlib
 import sys
+import textwrap
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_RESULTS = HERE / ".asv" / "results"
 #: Baselines of the I/O comparisons (words in a tracked ratio's unit).
 IO_BASELINES = ("buffered", "readinto", "in-RAM")
+#: Modules whose ratios get a panel of their own, with the panel's title.
+PANELS = {"processes": "Several processes, refresh() and reserved storage (processes.py)"}
 
 
 def _load(path: pathlib.Path) -> dict:
@@ -62,13 +69,19 @@ def _param_label(names: list[str], values: tuple[str, ...]) -> str:
             parts.append(f"{value} B")
         elif name == "advice":
             parts.append("no hint" if value == "none" else f'advise("{value}")')
+        elif name == "batch_rows":
+            parts.append(f"batch {value}")
         else:
             parts.append(str(value))
     return ", ".join(parts)
 
 
-def tracked_ratios(run: dict, meta: dict, everything: bool) -> list[tuple[str, float, str]]:
-    """``(label, time ratio, unit)`` for every tracked ratio in ``run``."""
+def tracked_ratios(
+    run: dict, meta: dict, everything: bool, panel: str | None = None
+) -> list[tuple[str, float, str]]:
+    """``(label, time ratio, unit)`` for every tracked ratio in ``run``: of
+    the modules without a panel of their own (``panel=None``; only the I/O
+    comparisons unless ``everything``), or all of module ``panel``."""
     columns = run["result_columns"]
     out = []
     for name in sorted(run["results"]):
@@ -76,7 +89,12 @@ def tracked_ratios(run: dict, meta: dict, everything: bool) -> list[tuple[str, f
         unit = info.get("unit", "")
         if info.get("type") != "track" or not (unit.startswith("time(") and "/time(" in unit):
             continue
-        if not everything and not any(b in unit.split("/")[1] for b in IO_BASELINES):
+        module = name.split(".")[0]
+        if panel is None:
+            io = any(b in unit.split("/")[1] for b in IO_BASELINES)
+            if module in PANELS or not (everything or io):
+                continue
+        elif module != panel:
             continue
         row = dict(zip(columns, run["results"][name], strict=False))
         values = row["result"] if isinstance(row["result"], list) else [row["result"]]
@@ -99,6 +117,66 @@ def _scalar(run: dict, name: str) -> float | None:
     result = dict(zip(run["result_columns"], run["results"][name], strict=False))["result"]
     value = result[0] if isinstance(result, list) else result
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def panel_chart(
+    panels: list[tuple[str, list[str], list[float], str]],
+    path: str | pathlib.Path,
+    *,
+    title: str,
+    higher_is_better: bool,
+) -> None:
+    """Save stacked horizontal bar charts of ratios, one panel per
+    ``(panel title, labels, values, x label)``, as PNG.
+
+    Each panel is drawn as ``mmarray._bench_report.bar_chart`` draws its
+    one: log scale, a line at 1, bars on the good side of 1 green, the
+    others orange, those within 5% of 1 grey; each panel has its own range.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    longest = max((len(label) for _, labels, _, _ in panels for label in labels), default=10)
+    heights = [0.3 * max(len(values), 1) + 1.0 for _, _, values, _ in panels]
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(5 + 0.06 * longest, 0.4 + sum(heights)),
+        gridspec_kw={"height_ratios": heights}, squeeze=False,
+    )
+    try:
+        for ax, (name, labels, values, xlabel) in zip(axes[:, 0], panels, strict=True):
+            n = len(values)
+            colors = [
+                "#9e9e9e" if 0.95 <= v <= 1.05 else "#2a9d8f" if (v > 1) == higher_is_better
+                else "#e76f51"
+                for v in values
+            ]
+            ys = list(range(n))[::-1]
+            ax.barh(ys, values, color=colors, left=0)
+            ax.set_xscale("log")
+            ax.axvline(1.0, color="black", linewidth=0.8)
+            ax.set_yticks(ys, labels, fontsize=8)
+            ax.set_xlabel(textwrap.fill(xlabel, 70), fontsize=9)
+            ax.set_title(name, fontsize=9, fontweight="bold")
+            for y, v in zip(ys, values, strict=True):
+                ax.annotate(f"{v:.3g}", (v, y), xytext=(3, 0), textcoords="offset points",
+                            va="center", fontsize=7)
+            lo, hi = min([*values, 1.0]), max([*values, 1.0])
+            ax.set_xlim(lo / 2, hi * 3)
+            if hi * 3 / (lo / 2) < 100:
+                # Less than two decades: label 0.2, 0.5, 1, 2, 5 rather than
+                # matplotlib's crowded minor ticks.
+                ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.grid(axis="x", which="major", alpha=0.3)
+        fig.suptitle(textwrap.fill(title, 110), fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,8 +208,25 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"plot_results: error: {exc}", file=sys.stderr)
         return 1
-    rows = tracked_ratios(run, meta, args.all)
-    if not rows:
+    if args.as_recorded:
+        xlabel = "time(mmarray) / time(baseline), as asv records it: left of 1 = mmarray faster"
+        # In the other panels both sides may be mmarray: the label's "a / b" names them.
+        panel_xlabel = ('time(a) / time(b) for labels "a / b", as asv records it: '
+                        "left of 1 = a faster")
+    else:
+        xlabel = "speed-up = time(baseline) / time(mmarray): right of 1 = mmarray faster"
+        panel_xlabel = 'speed-up = time(b) / time(a) for labels "a / b": right of 1 = a faster'
+    first = "mmarray against the alternatives" if args.all else (
+        "I/O: mmarray against buffered I/O, readinto and an in-RAM array")
+    groups = [(first, tracked_ratios(run, meta, args.all), xlabel)]
+    groups += [(heading, tracked_ratios(run, meta, args.all, panel=module), panel_xlabel)
+               for module, heading in PANELS.items()]
+    panels = [
+        (heading, [label for label, _, _ in rows],
+         [v if args.as_recorded else 1 / v for _, v, _ in rows], axis_label)
+        for heading, rows, axis_label in groups if rows
+    ]
+    if not panels:
         print(f"plot_results: error: no tracked ratios in {path}", file=sys.stderr)
         return 1
     size = _scalar(run, "sequential.track_data_file_mib")
@@ -140,16 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"mmarray asv, {p.get('machine', '?')} ({p.get('cpu', '?')}, "
              f"{p.get('num_cpu', '?')} CPUs), commit {run['commit_hash'][:8]}, "
              f"{when:%Y-%m-%d}" + (f", {size:.0f} MiB data file" if size else ""))
-    labels = [label for label, _, _ in rows]
-    if args.as_recorded:
-        values = [v for _, v, _ in rows]
-        xlabel = "time(mmarray) / time(baseline), as asv records it: left of 1 = mmarray faster"
+    if len(panels) == 1:
+        _, labels, values, xlabel = panels[0]
+        bar_chart(labels, values, args.output, title=title, xlabel=xlabel,
+                  higher_is_better=not args.as_recorded)
     else:
-        values = [1 / v for _, v, _ in rows]
-        xlabel = "speed-up = time(baseline) / time(mmarray): right of 1 = mmarray faster"
-    bar_chart(labels, values, args.output, title=title, xlabel=xlabel,
-              higher_is_better=not args.as_recorded)
-    print(f"plot_results: {len(rows)} ratios from {path.name} -> {args.output}")
+        panel_chart(panels, args.output, title=title, higher_is_better=not args.as_recorded)
+    count = sum(len(values) for _, _, values, _ in panels)
+    print(f"plot_results: {count} ratios from {path.name} -> {args.output}")
     return 0
 
 
