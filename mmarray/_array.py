@@ -134,7 +134,6 @@ class MappedArray(NDArrayOperatorsMixin):
         buf: MappedBuffer,
         target: str,
         mode: str,
-        capacity: int | None,
         writer: int = -1,
         concurrent: bool = False,
     ):
@@ -170,10 +169,13 @@ class MappedArray(NDArrayOperatorsMixin):
             # step it grows into: a full disk is ENOSPC, never SIGBUS.
             allocate(region.fd, 0, size)
             region.allocate = True
-        if capacity is not None and capacity > s.cap:
+        return self
+
+    def _reserve_at_open(self, capacity: int) -> None:
+        """``open_array(..., capacity=)``: room for that many rows now."""
+        if capacity > self._state.cap:
             self._check_growth("reserve capacity in")
             self._reserve(capacity, exact=True)
-        return self
 
     @property
     def growable(self) -> bool:
@@ -256,7 +258,8 @@ class MappedArray(NDArrayOperatorsMixin):
             raise ValueError(f"cannot {what} {self.target!r}: {self._why_not_growable()}")
         s = self._state
         if s.writer_fd < 0:
-            s.take_writer_lock()  # an "r+" handle becomes the writer now
+            s.take_writer_lock()  # an "r+" handle becomes the writer now...
+            self._pick_up(grown=True)  # ...from the length recorded, not its own
         return s
 
     def _reserve(self, rows: int, exact: bool = False) -> None:
@@ -403,13 +406,14 @@ class MappedArray(NDArrayOperatorsMixin):
         finally:
             s.release_array(took)
 
-    def _pick_up(self, more: int = 0) -> None:
-        """A concurrent handle, holding the array lock, takes the length --
-        and, when it needs room for ``more`` rows past it, the capacity --
-        that the other writers left."""
+    def _pick_up(self, more: int = 0, grown: bool = False) -> None:
+        """Take the length -- and, when room for ``more`` rows past it is
+        needed (or the storage may have ``grown``), the capacity -- that
+        other writers left (a concurrent handle holding the array lock, or
+        a handle that just became the writer)."""
         s = self._state
         n = s.recorded_length()
-        if n + more > s.cap and s.row_nbytes:
+        if (grown or n + more > s.cap) and s.row_nbytes:
             size = s.buf.refresh()  # another writer may have grown it
             cap = (size - s.offset) // s.row_nbytes
             if cap != s.cap:

@@ -130,7 +130,7 @@ def _slab(source: Any) -> MappedSlab:
             why = "this array's file has no name to reopen it by"
             fix = "open the file by its path"
         raise ValueError(f"{why}, so workers cannot map it; {fix} instead")
-    src, offset, dtype, shape, strides, _ = ref
+    src, offset, dtype, shape, strides = ref[:5]
     # Tasks only read: map read-only in the workers whatever the source's mode.
     return MappedSlab(Source(src.kind, src.target, "read"), offset, dtype, shape, strides, keep)
 

@@ -146,11 +146,7 @@ def enlarge(
     space where the filesystem allows sparse files.  With ``allocate`` the
     whole file gets real storage instead, or -- on ENOSPC -- keeps its size.
     """
-    if MODES[mode][1] != "write":
-        raise PermissionError(
-            f"capacity {capacity} would enlarge {what} ({size} bytes), "
-            f"but mode {mode!r} cannot write"
-        )
+    check_enlarge(size, capacity, mode, what)
     if not allocate:
         os.ftruncate(fd, capacity)
         return
@@ -161,6 +157,15 @@ def enlarge(
             if os.fstat(fd).st_size > size:
                 os.ftruncate(fd, size)
         raise
+
+
+def check_enlarge(size: int, capacity: int, mode: str, what: str) -> None:
+    """``PermissionError`` unless ``mode`` may enlarge the file."""
+    if MODES[mode][1] != "write":
+        raise PermissionError(
+            f"capacity {capacity} would enlarge {what} ({size} bytes), "
+            f"but mode {mode!r} cannot write"
+        )
 
 
 def _real_path(fd: int) -> str:

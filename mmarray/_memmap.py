@@ -23,7 +23,7 @@ import numpy as np
 
 from ._base import as_index
 from ._file import MODES as FILE_MODES
-from ._file import enlarge, open_any
+from ._file import check_enlarge, enlarge, open_any
 from ._region import Map, Source, new_map
 from ._region import allocate as reserve
 from ._views import ARRAY_TYPES, mapping_of, reduce_by_reference, view
@@ -133,16 +133,20 @@ class memmap(np.memmap):
         fd, filename_attr, path = open_any(filename, mode)
         try:
             flen = os.fstat(fd).st_size
-            if capacity is not None and capacity > flen:
-                enlarge(fd, flen, capacity, mode, "the file")
-                flen = capacity
+            # Everything is checked before the file is enlarged.
+            size = max(flen, capacity or 0)
+            if size > flen:
+                check_enlarge(flen, size, mode, "the file")
             if shape is None:
-                nbytes = flen - offset
+                nbytes = size - offset
                 if nbytes < 0 or nbytes % descr.itemsize:
                     raise ValueError(
                         "Size of available data is not a multiple of the data-type size."
                     )
                 shape = (nbytes // descr.itemsize,)
+            if size > flen:
+                enlarge(fd, flen, size, mode, "the file")
+                flen = size
             end = offset + math.prod(shape) * descr.itemsize
             if end > sys.maxsize:
                 raise ValueError(f"shape {shape} of {descr} is too large to map")

@@ -224,14 +224,16 @@ def open_array(
         created = False
     name = SHM_PREFIX + where if kind == "shm" else where
     try:
-        arr = MappedArray._from_buffer(buf, name, mode, capacity, writer, concurrent)
+        arr = MappedArray._from_buffer(buf, name, mode, writer, concurrent)
         if created:
             # The first header was written but not synced: the first flush
             # (or close) rewrites and syncs it.
             arr._state.recorded = -1
             arr._state.written = arr._state.length or 0  # the rest is fresh
         else:
-            _check_matches(arr, dtype, shape)
+            _check_matches(arr, dtype, shape)  # before anything is changed
+        if capacity is not None:
+            arr._reserve_at_open(capacity)
     except BaseException:
         buf.close()
         close_writer_fd(writer)

@@ -78,6 +78,7 @@ class Map(mmap.mmap):
     source: Source
     address: int
     owner: Any
+    ident: tuple[int, int]  #: (device, inode) of what it maps
 
 
 #: Every live mapping in this process, by the (device, inode) it maps: a
@@ -103,6 +104,7 @@ def new_map(
     m.owner = owner
     if ident is None:
         ident = identity(os.fstat(fd))
+    m.ident = ident
     if len(_MAPS) > 256:
         for key in [k for k, maps in _MAPS.items() if not maps]:
             del _MAPS[key]

@@ -52,8 +52,11 @@ def reference(arr: np.ndarray) -> tuple | None:
     if m is None or m.source.access == "copy" or not m.source.target or m.closed:
         return None
     offset = arr.__array_interface__["data"][0] - m.address
-    # A view made read-only (arr.flags.writeable = False) stays read-only.
-    return (m.source, offset, arr.dtype, arr.shape, arr.strides, arr.flags.writeable)
+    # A view made read-only (arr.flags.writeable = False) stays read-only;
+    # the inode tells a replaced file (or re-created block) from the one pickled.
+    return (
+        m.source, offset, arr.dtype, arr.shape, arr.strides, arr.flags.writeable, m.ident
+    )
 
 
 def reduce_by_reference(
@@ -81,13 +84,23 @@ def rebuild(
     shape: tuple[int, ...],
     strides: tuple[int, ...],
     writeable: bool = True,
+    ident: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Unpickle: map ``source`` in this process and view the same bytes."""
+    """Unpickle: map ``source`` in this process and view the same bytes --
+    never other bytes that took the same name since (``ValueError``)."""
     try:
         opener = OPENERS[source.kind]
     except KeyError:
         raise ValueError(f"cannot reopen a mapping of kind {source.kind!r}") from None
     m = opener(source)
+    if ident is not None and m.ident != tuple(ident):
+        what = "file" if source.kind == "file" else "shared block"
+        raise ValueError(
+            f"cannot unpickle: {source.target!r} is another {what} now (it was replaced "
+            "or re-created since the array was pickled)"
+        )
+    if 0 in shape:  # no bytes: any offset within the mapping will do
+        offset = min(offset, len(m))
     lo, hi = extent(offset, dtype.itemsize, shape, strides)
     if lo < 0 or hi > len(m):
         raise ValueError(
