@@ -36,6 +36,9 @@ import numpy as np
 
 from ._region import PAGE_SIZE, mapping_of
 
+#: Array types whose ``take`` is this function (``_views`` fills it in): for
+#: them ``np.take`` would come back here, so their copies take a plain view.
+OUR_TYPES: set[type] = set()
 #: Indices per slice: bounds the pages requested ahead of the copy.
 BATCH = 4096
 #: Pages checked with mincore per slice before anything is asked of the kernel
@@ -123,7 +126,10 @@ def take(a: Any, indices: Any, axis: int | None = None, out: Any = None, mode: s
     """
     arr = a if isinstance(a, np.ndarray) else np.asarray(a)
     m = mapping_of(arr)
-    # The copy runs on a plain view: subclasses' take would come back here.
+    if m is None and type(arr) not in OUR_TYPES:
+        # Not ours: numpy's own answer, subclass (masked, matrix, ...) and all.
+        return np.take(a, indices, axis=axis, out=out, mode=mode)
+    # The copy runs on a plain view: our types' take would come back here.
     plain = arr.view(np.recarray if isinstance(arr, np.recarray) else np.ndarray)
     usable = m is not None and not m.closed and _WILLNEED is not None
     geometry = _cached_geometry(arr, m, axis) if usable else None
@@ -149,13 +155,20 @@ def take(a: Any, indices: Any, axis: int | None = None, out: Any = None, mode: s
 
 def _pipelined(plain, m, idx, axis, mode, starts, extent) -> np.ndarray:
     """Copy slice k while the pages of slice k+1 are being read."""
-    ax = 0 if axis is None else axis
-    parts = []
+    ax = 0 if axis is None else operator.index(axis) % plain.ndim
+    result = None
     _prefetch(m, starts[:BATCH], extent)
     for lo in range(0, len(idx), BATCH):
         _prefetch(m, starts[lo + BATCH : lo + 2 * BATCH], extent)
-        parts.append(np.take(plain, idx[lo : lo + BATCH], axis=axis, mode=mode))
-    return np.concatenate(parts, axis=ax)
+        part = np.take(plain, idx[lo : lo + BATCH], axis=axis, mode=mode)
+        if result is None:
+            # The first slice's dtype, exactly (np.concatenate would make it
+            # native-endian and drop a structured dtype's padding).
+            shape = list(part.shape)
+            shape[ax] = len(idx)
+            result = np.empty(shape, dtype=part.dtype).view(type(part))
+        result[(slice(None),) * ax + (slice(lo, lo + part.shape[ax]),)] = part
+    return result
 
 
 #: The last array's geometry: loops take from the same array again and again.

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._region import Map, Source, mapping_of
-from ._take import take
+from ._take import OUR_TYPES, take
 
 #: How to map a source again in another process: ``kind -> opener``.
 #: ``_file`` and ``_shared`` register themselves here.
@@ -188,6 +188,8 @@ class MappedRecords(np.recarray):
     def __reduce__(self):
         return self.__reduce_ex__(2)
 
+
+OUR_TYPES.update((MappedView, MappedRecords))
 
 #: Array types that :func:`rebuild` can make, by the kind names pickles use.
 ARRAY_TYPES: dict[str, type[np.ndarray]] = {"view": MappedView, "records": MappedRecords}
