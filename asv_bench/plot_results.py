@@ -14,7 +14,7 @@ storage) get a second panel below, drawn the same way::
     python asv_bench/plot_results.py --all --as-recorded -o ratios.png
 
 Needs matplotlib and mmarray (a single panel is drawn by
-``mmarray._bench_report``, the same code as ``mmarray bench --plot``; two
+``mmarray._bench``, the same code as ``mmarray bench --plot``; two
 panels by :func:`panel_chart` here, in the same style).
 """
 
@@ -36,7 +36,10 @@ DEFAULT_RESULTS = HERE / ".asv" / "results"
 #: Baselines of the I/O comparisons (words in a tracked ratio's unit).
 IO_BASELINES = ("buffered", "readinto", "in-RAM")
 #: Modules whose ratios get a panel of their own, with the panel's title.
-PANELS = {"processes": "Several processes, refresh() and reserved storage (processes.py)"}
+PANELS = {
+    "take": "mmarray.take: batched random reads, cold and warm (take.py)",
+    "processes": "Several processes, refresh() and reserved storage (processes.py)",
+}
 
 
 def _load(path: pathlib.Path) -> dict:
@@ -129,7 +132,7 @@ def panel_chart(
     """Save stacked horizontal bar charts of ratios, one panel per
     ``(panel title, labels, values, x label)``, as PNG.
 
-    Each panel is drawn as ``mmarray._bench_report.bar_chart`` draws its
+    Each panel is drawn as ``mmarray._bench.bar_chart`` draws its
     one: log scale, a line at 1, bars on the good side of 1 green, the
     others orange, those within 5% of 1 grey; each panel has its own range.
     """
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(lower is better) instead of speed-ups")
     args = parser.parse_args(argv)
     try:
-        from mmarray._bench_report import bar_chart, matplotlib_missing
+        from mmarray._bench import bar_chart, matplotlib_missing
     except ImportError as exc:
         print(f"plot_results: error: needs mmarray importable ({exc})", file=sys.stderr)
         return 1

@@ -34,7 +34,7 @@ Rules every I/O benchmark here follows
   process with the methods taking turns (lower is better, as asv assumes).
 
 The suite uses only mmarray's public names, so that it can benchmark older
-commits; the page-cache helpers duplicate ``mmarray/_bench.py`` on purpose.
+commits; the page-cache helpers duplicate ``mmarray/_bench/cache.py`` on purpose.
 """
 
 from __future__ import annotations
