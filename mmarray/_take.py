@@ -46,6 +46,10 @@ BATCH = 4096
 SAMPLE = 8
 #: Items whose pages are checked before a whole call is planned.
 SAMPLE_ITEMS = 4
+#: Calls in a row that found every sampled page resident, after which one
+#: page per call is checked (0.9 of a file cached passes 8 calls of 4
+#: samples with a chance of 3%).
+WARM_STREAK = 8
 #: Items larger than this are not "rows" read at random (e.g. a column of a
 #: C-order array): their pages are left to the kernel's own readahead.
 MAX_ITEM_BYTES = 1 << 20
@@ -241,6 +245,12 @@ def _sample_resident(m: Any, geometry: tuple[int, int, int, int], idx: np.ndarra
     base, n, step, _ = geometry
     flat = idx.reshape(-1)
     count = min(SAMPLE_ITEMS, max(1, len(flat) // 256))  # small batches: fewer
+    streak = getattr(m, "warm_streak", 0)
+    if streak >= WARM_STREAK:
+        # Every page sampled in the last calls was resident: the data is
+        # in memory (partly cached data almost never gets this far), and
+        # one page per call notices when it leaves.
+        count = 1
     picks = range(0, len(flat), max(1, -(-len(flat) // count)))
     pages = []
     for p in picks:
@@ -253,7 +263,9 @@ def _sample_resident(m: Any, geometry: tuple[int, int, int, int], idx: np.ndarra
             i += n
         if 0 <= i < n:
             pages.append((base + i * step) // PAGE_SIZE)
-    return _resident(m, pages)
+    warm = _resident(m, pages)
+    m.warm_streak = streak + 1 if warm else 0
+    return warm
 
 
 def _runs(starts: np.ndarray, extent: int) -> tuple[np.ndarray, np.ndarray]:
