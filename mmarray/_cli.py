@@ -6,12 +6,11 @@ User mistakes print one line on stderr and exit non-zero; no tracebacks.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
-import stat
 import sys
 from collections.abc import Sequence
 
+from ._file import check_regular
 from ._header import MAX_HEADER_SIZE, read_header
 from ._open import SHM_PREFIX
 from ._shared import SharedBlock, block_sizes, remove_block
@@ -41,11 +40,7 @@ def _head_and_size(target: str) -> tuple[bytes, int, str]:
     # O_NONBLOCK: opening a FIFO must not wait for a writer.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{path} is not a regular file")
+        st = check_regular(os.fstat(fd), path)
         return os.pread(fd, MAX_HEADER_SIZE + 64, 0), st.st_size, path
     finally:
         os.close(fd)

@@ -57,11 +57,7 @@ def open_fd(path: str, mode: str) -> int:
         flags &= ~os.O_TRUNC
     fd = os.open(path, flags | _CLOEXEC | os.O_NONBLOCK, 0o666)
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{path!r} is not a regular file: only files can be mapped")
+        st = check_regular(os.fstat(fd), path)
         os.set_blocking(fd, True)
         if mode == "w+" and st.st_size:
             if in_use(fd):
@@ -74,6 +70,16 @@ def open_fd(path: str, mode: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def check_regular(st: os.stat_result, path: str) -> os.stat_result:
+    """``st`` if it is a regular file's; ``IsADirectoryError`` or
+    ``ValueError`` otherwise (a FIFO or a device cannot be mapped)."""
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path!r} is not a regular file: only files can be mapped")
+    return st
 
 
 def _replace(path: str, st: os.stat_result) -> int:
@@ -212,10 +218,7 @@ def _reopen(source: Source) -> Map:
     flags = os.O_RDWR if source.access == "write" else os.O_RDONLY
     fd = os.open(source.target, flags | _CLOEXEC | os.O_NONBLOCK)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"cannot map {source.target!r}: not a regular file")
-        size = st.st_size
+        size = check_regular(os.fstat(fd), source.target).st_size
         if size == 0:
             raise ValueError(f"cannot map {source.target!r}: the file is now empty")
         return new_map(fd, size, source)
