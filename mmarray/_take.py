@@ -50,6 +50,8 @@ SAMPLE_ITEMS = 4
 #: page per call is checked (0.9 of a file cached passes 8 calls of 4
 #: samples with a chance of 3%).
 WARM_STREAK = 8
+#: After the streak, the calls at which one page is checked: every this many.
+WARM_EVERY = 4
 #: Items larger than this are not "rows" read at random (e.g. a column of a
 #: C-order array): their pages are left to the kernel's own readahead.
 MAX_ITEM_BYTES = 1 << 20
@@ -248,8 +250,12 @@ def _sample_resident(m: Any, geometry: tuple[int, int, int, int], idx: np.ndarra
     streak = getattr(m, "warm_streak", 0)
     if streak >= WARM_STREAK:
         # Every page sampled in the last calls was resident: the data is
-        # in memory (partly cached data almost never gets this far), and
-        # one page per call notices when it leaves.
+        # in memory (partly cached data almost never gets this far).  One
+        # page every few calls notices when it leaves; the calls between
+        # cost nothing (at worst they run at page-fault speed).
+        m.warm_streak = streak + 1
+        if streak % WARM_EVERY:
+            return True
         count = 1
     picks = range(0, len(flat), max(1, -(-len(flat) // count)))
     pages = []
