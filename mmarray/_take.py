@@ -131,6 +131,9 @@ def take(a: Any, indices: Any, axis: int | None = None, out: Any = None, mode: s
     ('ndarray', [3996.0, 0.0, 2000.0])
     """
     arr = a if isinstance(a, np.ndarray) else np.asarray(a)
+    if mode in ("wrap", "clip") and _into_empty_axis(arr, indices, axis):
+        # numpy loops forever there when the result is empty as well.
+        raise IndexError("cannot do a non-empty take from an empty axes.")
     m = mapping_of(arr)
     if m is None and type(arr) not in OUR_TYPES:
         # Not ours: numpy's own answer, subclass (masked, matrix, ...) and all.
@@ -157,6 +160,18 @@ def take(a: Any, indices: Any, axis: int | None = None, out: Any = None, mode: s
             _prefetch(m, starts[lo : lo + BATCH], extent)
         return np.take(plain, indices, axis=axis, out=out, mode=mode)
     return _pipelined(plain, m, idx, axis, mode, starts, extent)
+
+
+def _into_empty_axis(arr: np.ndarray, indices: Any, axis: Any) -> bool:
+    """Whether a non-empty ``indices`` wraps or clips into an axis of length 0."""
+    if axis is None:
+        n = arr.size
+    else:
+        try:
+            n = arr.shape[operator.index(axis)]
+        except (TypeError, IndexError):
+            return False  # np.take raises its own error
+    return n == 0 and np.size(indices) > 0
 
 
 def _pipelined(plain, m, idx, axis, mode, starts, extent) -> np.ndarray:
