@@ -414,15 +414,7 @@ class MappedArray(NDArrayOperatorsMixin):
         s = self._state
         n = s.recorded_length()
         if (grown or n + more > s.cap) and s.row_nbytes:
-            size = s.buf.refresh()  # another writer may have grown it
-            cap = (size - s.offset) // s.row_nbytes
-            if cap != s.cap:
-                s.cap = cap
-                self._map_rows()
-            if n > s.cap:
-                raise ValueError(
-                    f"{self.target!r} records {n} rows but its storage holds {s.cap}"
-                )
+            self._cover(n)
         s.written = s.cap  # the others may have written any row
         if n != s.length:
             s.length = n
@@ -523,20 +515,26 @@ class MappedArray(NDArrayOperatorsMixin):
             s.release_array(took)
         return s.length
 
+    def _cover(self, n: int) -> None:
+        """Map the size another writer grew the storage to and take its
+        capacity; ``ValueError`` if it still cannot hold ``n`` rows."""
+        s = self._state
+        size = s.buf.refresh()
+        if s.row_nbytes:
+            cap = (size - s.offset) // s.row_nbytes
+            if cap != s.cap:
+                s.cap = cap
+                self._map_rows()
+        if s.offset + n * s.row_nbytes > size:
+            raise ValueError(
+                f"{self.target!r} records {n} rows, but its storage ends at byte {size}"
+            )
+
     def _take_recorded(self) -> None:
         s = self._state
         n = s.recorded_length()
-        end = s.offset + n * s.row_nbytes
-        if end > s.buf.size:
-            s.buf.refresh()
-            if end > s.buf.size:
-                raise ValueError(
-                    f"{self.target!r} records {n} rows, but its storage ends at byte "
-                    f"{s.buf.size}"
-                )
-            if s.row_nbytes:
-                s.cap = (s.buf.size - s.offset) // s.row_nbytes
-            self._map_rows()
+        if s.offset + n * s.row_nbytes > s.buf.size:
+            self._cover(n)
         if n != s.length:
             if s.fortran and s.row_shape:
                 raise ValueError(

@@ -244,17 +244,15 @@ class Region:
             elif size < current:
                 self._shrink(size)
                 return
-            old = self.map
-            assert old is not None
-            if len(old) != size:
+            assert self.map is not None
+            if len(self.map) != size:
                 try:
-                    self.map = new_map(self.fd, size, self.source, self.owner, self.ident)
+                    self._remap(size)
                 except BaseException:
                     # tmpfs accepts sizes it cannot map (ENOMEM): leave the
                     # storage as it was, or nobody could open it again.
                     self._undo_grow(current, size)
                     raise
-                self._retire(old)
 
     def refresh(self) -> int:
         """Map the storage at the size it has now (another handle or process
@@ -264,11 +262,17 @@ class Region:
             return size  # nothing changed: one fstat
         with self.lock:
             size = self.storage_size()
-            old = self.map
-            if old is not None and size and size != len(old):
-                self.map = new_map(self.fd, size, self.source, self.owner, self.ident)
-                self._retire(old)
+            if self.map is not None and size and size != len(self.map):
+                self._remap(size)
             return size
+
+    def _remap(self, size: int) -> None:
+        """Map ``size`` bytes now; the old mapping is retired (its arrays
+        keep it until they are gone)."""
+        old = self.map
+        self.map = new_map(self.fd, size, self.source, self.owner, self.ident)
+        if old is not None:
+            self._retire(old)
 
     def _grow(self, current: int, size: int) -> None:
         try:
@@ -292,16 +296,13 @@ class Region:
             pass
 
     def _shrink(self, size: int) -> None:
-        old = self.map
-        assert old is not None
         self._unmap_all_or_raise(size)
         try:
             os.ftruncate(self.fd, size)
         finally:
             # Remap whatever size the descriptor has now, even on failure;
             # this also turns the exclusive guard back into a shared one.
-            size = self.storage_size()
-            self.map = new_map(self.fd, size, self.source, self.owner, self.ident)
+            self.map = new_map(self.fd, self.storage_size(), self.source, self.owner, self.ident)
 
     def _retire(self, m: Map) -> None:
         if not try_unmap(m):
