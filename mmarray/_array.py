@@ -106,8 +106,8 @@ class MappedArray(NDArrayOperatorsMixin):
     -----
     Other readers (``np.load``, another process calling
     :func:`open_array`) see the length recorded by the last :meth:`flush`
-    or :meth:`close`.  There is one writer per array: appends from several
-    processes at once are not supported.  Pickling sends a reference: it
+    or :meth:`close`.  There is one writer per array unless every appender
+    opens it with ``concurrent=True``.  Pickling sends a reference: it
     unpickles as an ndarray view of the same bytes with the current shape.
 
     Examples
@@ -776,7 +776,53 @@ class MappedArray(NDArrayOperatorsMixin):
         return take(self._view(), indices, axis=axis, out=out, mode=mode)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._view()[key] = value
+        arr = self._view()
+        if not arr.flags.writeable:
+            raise self._read_only()
+        arr[key] = value
+
+    def _read_only(self) -> ValueError:
+        """numpy's "assignment destination is read-only", saying why."""
+        why = "the default" if self.mode == "r" else "read-only"
+        return ValueError(
+            f"assignment destination is read-only: {self.target!r} was opened with "
+            f"mode {self.mode!r} ({why}); open it with mode 'r+' (or 'a') to write"
+        )
+
+    def advise(self, hint: str) -> None:
+        """Tell the OS how the array's bytes will be used (``madvise``).
+
+        Parameters
+        ----------
+        hint : {"normal", "random", "sequential", "willneed", "dontneed"}
+            As for :meth:`MappedFile.advise`: ``"random"`` turns readahead
+            off (scattered rows of a large file), ``"sequential"`` turns it
+            up.  It covers every reserved row, and rows that :meth:`append`
+            adds later.
+
+        Raises
+        ------
+        ValueError
+            For an unknown hint, or once the array is closed.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "adv.npy")
+        >>> with mm.open_array(path, "w+", data=np.arange(10_000.0)) as a:
+        ...     a.advise("random")
+        ...     a[[5, 9_999]].tolist()
+        [5.0, 9999.0]
+        """
+        if not self._closer.alive:
+            raise ValueError("operation on closed MappedArray")
+        s = self._state
+        s.buf.advise(hint, min(s.offset, s.buf.size))
+
+    def _repr_html_(self) -> str:
+        from ._info import array_html
+
+        return array_html(self)
 
     def __iter__(self):
         return iter(self._view())
@@ -795,6 +841,9 @@ class MappedArray(NDArrayOperatorsMixin):
         out = kwargs.get("out")
         args = [_unwrap(x) if isinstance(x, MappedArray) else x for x in inputs]
         if out is not None:
+            for o in out:
+                if isinstance(o, MappedArray) and not o._view().flags.writeable:
+                    raise o._read_only()
             kwargs["out"] = tuple(_unwrap(o) for o in out)
         result = getattr(ufunc, method)(*args, **kwargs)
         if out is not None and len(out) == 1 and isinstance(out[0], MappedArray):

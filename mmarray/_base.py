@@ -9,7 +9,6 @@ pickling -- lives here once.
 from __future__ import annotations
 
 import math
-import mmap
 import operator
 import os
 import sys
@@ -19,7 +18,7 @@ import numpy as np
 
 from . import _locks
 from ._locks import Held
-from ._region import ADVICE, PAGE_SIZE, Map, Region
+from ._region import PAGE_SIZE, Map, Region, check_hint
 from ._views import MappedRecords, MappedView, view
 
 ORDERS = ("C", "F")
@@ -447,7 +446,8 @@ class MappedBuffer:
             reads), ``"sequential"`` turns it up.  A no-op where the OS
             lacks the hint.
         offset, size : int
-            The byte range (default: all).
+            The byte range (default: all).  A hint that runs to the end
+            (``size=None``) also covers what :meth:`resize` adds later.
 
         Raises
         ------
@@ -462,16 +462,9 @@ class MappedBuffer:
         ...     f.advise("random")                # scattered small reads ahead
         ...     f.advise("willneed", 0, 65536)    # prefetch the first 64 KiB
         """
-        if hint not in ADVICE:
-            raise ValueError(f"hint must be one of {tuple(ADVICE)!r} (got {hint!r})")
+        check_hint(hint)
         start, length = self._byte_range(offset, size)
-        flag = getattr(mmap, ADVICE[hint], None)
-        if hint == "dontneed" and self.mode == "c":
-            # On a private mapping MADV_DONTNEED throws away the copied pages:
-            # a hint must never lose data.
-            return
-        if flag is not None and length:
-            self._map().madvise(flag, start, length)
+        self._live().advise(hint, start, length)
 
     def resize(self, size: int) -> None:
         """Grow (or, for files, shrink) the storage and the mapping.
@@ -653,6 +646,11 @@ class MappedBuffer:
 
     def _describe(self) -> str:
         raise NotImplementedError
+
+    def _repr_html_(self) -> str:
+        from ._info import buffer_html
+
+        return buffer_html(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"mode={self.mode!r} size={self.size}"

@@ -24,9 +24,14 @@ import numpy as np
 from ._base import as_index
 from ._file import MODES as FILE_MODES
 from ._file import check_enlarge, enlarge, open_any
-from ._region import Map, Source, new_map
+from ._region import Map, Source, check_hint, madvise, new_map
 from ._region import allocate as reserve
 from ._views import ARRAY_TYPES, mapping_of, reduce_by_reference, view
+
+try:
+    from numpy.lib.array_utils import byte_bounds
+except ImportError:  # numpy < 2
+    byte_bounds = np.byte_bounds
 
 #: numpy's long mode names.
 MODE_EQUIVALENTS = {"readonly": "r", "copyonwrite": "c", "readwrite": "r+", "write": "w+"}
@@ -251,6 +256,43 @@ class memmap(np.memmap):
         1
         """
         self.flush()
+
+    def __enter__(self) -> memmap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def advise(self, hint: str) -> None:
+        """Tell the OS how this array's bytes will be used (``madvise``).
+
+        Parameters
+        ----------
+        hint : {"normal", "random", "sequential", "willneed", "dontneed"}
+            As for :meth:`MappedFile.advise`: ``"random"`` turns readahead
+            off for scattered small reads of a large file, ``"sequential"``
+            turns it up.  It covers the pages this array (or view) spans.
+
+        Raises
+        ------
+        ValueError
+            For an unknown hint.
+
+        Examples
+        --------
+        >>> import mmarray as mm, numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "adv.dat")
+        >>> with mm.memmap(path, np.float64, "w+", shape=(1000, 8)) as m:
+        ...     m.advise("random")
+        ...     float(m[[3, 999, 42]].sum())
+        0.0
+        """
+        check_hint(hint)
+        m = mapping_of(self)
+        if m is None or m.closed or not self.size:
+            return
+        lo, hi = byte_bounds(self)
+        madvise(m, hint, lo - m.address, hi - lo)
 
     def __reduce_ex__(self, protocol):
         kind = "memmap" if type(self) is memmap else type(self)

@@ -27,6 +27,7 @@ from ._shared import SharedBlock
 ArrayMode = Literal["r", "r+", "c", "w+", "x+", "a"]
 MODES = ("r", "r+", "c", "w+", "x+", "a")
 SHM_PREFIX = "shm://"
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def _parse_target(target: Any) -> tuple[str, str]:
@@ -119,6 +120,7 @@ def open_array(
     shape: Any = None,
     capacity: int | None = None,
     concurrent: bool = False,
+    data: Any = None,
 ) -> MappedArray:
     """Open (or create) a growable array stored as a ``.npy`` file or block.
 
@@ -127,20 +129,22 @@ def open_array(
     target : str or os.PathLike
         A file path, or ``"shm://NAME"`` for a named shared block.
     mode : {"r", "r+", "c", "w+", "x+", "a"}, default "r"
-        ``"r"``/``"r+"``/``"c"`` open an existing array (read-only,
-        read-write, copy-on-write); ``"w+"`` creates or truncates (for a
+        ``"r"`` (the default) opens an existing array read-only: writing
+        into it raises ``ValueError``.  ``"r+"``/``"c"`` open one
+        read-write and copy-on-write; ``"w+"`` creates or truncates (for a
         block: creates, or reinitialises an existing one); ``"x+"`` creates,
         ``FileExistsError`` if it exists; ``"a"`` opens read-write, or
         creates with ``dtype`` and ``shape`` (default ``(0,)``) when the
         target is missing or an empty file.
     dtype : data-type, optional
-        Needed when creating; for an existing array, it must match.
+        Needed when creating (unless ``data`` gives it); for an existing
+        array, it must match.
     shape : int or tuple of int, optional
-        Needed by ``"w+"``/``"x+"``; for an existing array, its row shape
-        (``shape[1:]``) must match.
+        Needed by ``"w+"``/``"x+"`` (unless ``data`` gives it); for an
+        existing array, its row shape (``shape[1:]``) must match.
     capacity : int, optional
-        Rows along axis 0 to reserve (more rows can be appended before the
-        file or block has to grow).
+        Rows (not bytes) along axis 0 to reserve: more rows can be appended
+        before the file or block has to grow.
     concurrent : bool, default False
         Share appending with other handles and processes that pass it too
         (modes ``"r+"``, ``"a"``, ``"w+"``, ``"x+"``): every append, resize
@@ -149,6 +153,11 @@ def open_array(
         letting go, so other processes see each append after their
         :meth:`MappedArray.refresh`.  Without it one handle at a time may
         change the length (the others get ``BlockingIOError``).
+    data : array_like, optional
+        With ``"w+"``/``"x+"``: the contents.  The array is created with
+        its dtype and shape (a list is converted as ``np.asarray(data,
+        dtype)`` does; ``dtype``/``shape`` given as well must agree) and
+        ``data`` is written in, like h5py's ``create_dataset(data=...)``.
 
     Returns
     -------
@@ -157,8 +166,11 @@ def open_array(
     Raises
     ------
     ValueError
-        For a bad mode, missing ``dtype``/``shape`` when creating, a
-        corrupt, truncated or hostile header, or a file shorter than its
+        For a bad mode, missing ``dtype``/``shape`` when creating, a file
+        with no ``.npy`` header (map raw bytes with :class:`MappedFile` or
+        :class:`mmarray.memmap`), a corrupt, truncated or hostile header,
+        ``data`` with a mode that does not create, or ``data`` whose dtype
+        or shape disagree with ``dtype``/``shape``, or a file shorter than its
         header says; for ``"a"`` on an old ``.npy`` whose header has no room
         to record a longer shape; when an existing array's dtype or row
         shape differs from ``dtype``/``shape``.
@@ -191,6 +203,14 @@ def open_array(
     2
     >>> np.load(path)["price"].tolist()
     [99.5, 99.75]
+
+    Created from data, then opened read-only (the default mode):
+
+    >>> grid = os.path.join(os.path.dirname(path), "grid.npy")
+    >>> mm.open_array(grid, "w+", data=np.eye(3)).close()
+    >>> with mm.open_array(grid) as g:
+    ...     g.shape, float(g[1, 1])
+    ((3, 3), 1.0)
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES!r} (got {mode!r})")
@@ -199,6 +219,8 @@ def open_array(
     concurrent = bool(concurrent)
     if concurrent and mode not in ("r+", "a", "w+", "x+"):
         raise ValueError(f"concurrent=True is for modes 'r+', 'a', 'w+', 'x+' (got {mode!r})")
+    if data is not None:
+        data, dtype, shape = _from_data(data, dtype, shape, mode)
     kind, where = _parse_target(target)
     created = True
     writer = -1
@@ -223,8 +245,14 @@ def open_array(
         buf = _open(kind, where, mode)
         created = False
     name = SHM_PREFIX + where if kind == "shm" else where
+    arr = None
     try:
+        if not created:
+            _check_npy(buf, name)
         arr = MappedArray._from_buffer(buf, name, mode, writer, concurrent)
+        if data is not None and data.size:
+            rows = arr._full_view()
+            (rows[: len(data)] if data.ndim else rows)[...] = data
         if created:
             # The first header was written but not synced: the first flush
             # (or close) rewrites and syncs it.
@@ -235,12 +263,54 @@ def open_array(
         if capacity is not None:
             arr._reserve_at_open(capacity)
     except BaseException:
+        if arr is not None:
+            # Nothing to record: the array never opened.  Its writer lock
+            # may be one it took itself.
+            arr._closer.detach()
+            writer, arr._state.writer_fd = arr._state.writer_fd, -1
         buf.close()
         close_writer_fd(writer)
         if created:
             _remove_created(kind, where)
         raise
     return arr
+
+
+def _from_data(data: Any, dtype: Any, shape: Any, mode: str) -> tuple[np.ndarray, Any, Any]:
+    """``data=``: the array to write, and the dtype and shape it gives."""
+    if mode not in ("w+", "x+"):
+        raise ValueError(f"data= is for modes 'w+' and 'x+', which create (got {mode!r})")
+    if isinstance(data, MappedArray):
+        data = data._view()
+    if isinstance(data, np.ndarray) or dtype is None:
+        arr = np.asarray(data)
+    else:
+        arr = np.asarray(data, dtype=as_dtype(dtype))
+    if arr.dtype.hasobject:
+        raise TypeError(f"data= of dtype {arr.dtype}: object arrays cannot be stored")
+    if dtype is not None:
+        dt, extra = normalize(as_dtype(dtype), ())
+        if dt != arr.dtype or arr.shape[arr.ndim - len(extra):] != extra:
+            raise ValueError(f"data= has dtype {arr.dtype} (shape {arr.shape}), "
+                             f"not dtype={as_dtype(dtype)}")
+    if shape is not None:
+        _, want = normalize(as_dtype(dtype) if dtype is not None else arr.dtype,
+                            as_shape(shape))
+        if want != arr.shape:
+            raise ValueError(f"data= has shape {arr.shape}, not shape={want}")
+    return arr, arr.dtype, arr.shape
+
+
+def _check_npy(buf: MappedBuffer, name: str) -> None:
+    """An existing file or block must start with a ``.npy`` header."""
+    n = min(buf.size, len(NPY_MAGIC))
+    if n < len(NPY_MAGIC) or buf.read_array(0, "u1", n).tobytes() != NPY_MAGIC:
+        what = "is empty" if not buf.size else "has no .npy header"
+        raise ValueError(
+            f"{name!r} {what}, so it holds no array for open_array: map raw bytes "
+            "with mm.MappedFile(path) (or SharedBlock) or mm.memmap(path, dtype=...), "
+            "or create an array with mode 'w+'"
+        )
 
 
 def _is_empty_file(path: str) -> bool:

@@ -52,6 +52,27 @@ ADVICE = {
     "dontneed": "MADV_DONTNEED",
 }
 
+def check_hint(hint: Any) -> str:
+    if hint not in ADVICE:
+        raise ValueError(f"hint must be one of {tuple(ADVICE)!r} (got {hint!r})")
+    return hint
+
+
+def madvise(m: mmap.mmap, hint: str, start: int, length: int) -> None:
+    """``madvise`` over ``[start, start + length)`` of ``m``, ``start``
+    rounded down to a page.  A no-op where the OS lacks the hint, and for
+    ``"dontneed"`` on a private (copy-on-write) mapping, where it would
+    throw away the copied pages: a hint must never lose data."""
+    flag = getattr(mmap, ADVICE[hint], None)
+    if hint == "dontneed" and getattr(getattr(m, "source", None), "access", "") == "copy":
+        return
+    pad = start % PAGE_SIZE
+    start, length = start - pad, length + pad
+    length = min(length, len(m) - start)
+    if flag is not None and length > 0:
+        m.madvise(flag, start, length)
+
+
 #: How each access string maps to ``mmap`` access.
 _ACCESS = {"read": mmap.ACCESS_READ, "write": mmap.ACCESS_WRITE, "copy": mmap.ACCESS_COPY}
 
@@ -208,6 +229,9 @@ class Region:
         self.allocate = allocate
         self.map: Map | None = None
         self.lock = threading.RLock()
+        # A hint given from some offset to the end, given again to every
+        # new mapping (growth and refresh map anew).
+        self.hint: tuple[str, int] | None = None
         # Mappings replaced by a growth that arrays may still use.
         self._retired: list[weakref.ref[Map]] = []
         try:
@@ -273,6 +297,17 @@ class Region:
         self.map = new_map(self.fd, size, self.source, self.owner, self.ident)
         if old is not None:
             self._retire(old)
+        if self.hint is not None and self.hint[1] < size:
+            madvise(self.map, self.hint[0], self.hint[1], size - self.hint[1])
+
+    def advise(self, hint: str, start: int, length: int) -> None:
+        """``madvise`` the range; one that runs to the end of the mapping
+        is kept for the mappings that growth makes later."""
+        assert self.map is not None
+        with self.lock:
+            madvise(self.map, hint, start, length)
+            if start + length >= len(self.map) and hint not in ("willneed", "dontneed"):
+                self.hint = None if hint == "normal" else (hint, start)
 
     def _grow(self, current: int, size: int) -> None:
         try:

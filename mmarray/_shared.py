@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import sys
 import time
 
@@ -67,6 +68,17 @@ def _shm_open(name: str, flags: int, mode: int = 0o600) -> int:
         raise FileNotFoundError(errno.ENOENT, "No such shared block", name) from None
     except FileExistsError:
         raise FileExistsError(errno.EEXIST, "Shared block exists", name) from None
+
+
+def _create_unique() -> tuple[str, int]:
+    """A new block with a fresh random name: ``(name, descriptor)``."""
+    for _ in range(100):
+        name = "mm-" + secrets.token_hex(8)
+        try:
+            return name, _shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except FileExistsError:  # pragma: no cover - 2**-64 per try
+            continue
+    raise FileExistsError(errno.EEXIST, "no free shared block name found")  # pragma: no cover
 
 
 def _identity(fd: int) -> tuple[int, int]:
@@ -219,14 +231,18 @@ class SharedBlock(MappedBuffer):
         return self
 
     @classmethod
-    def create(cls, name: str, size: int, *, persist: bool = False) -> SharedBlock:
+    def create(cls, name: str | None, size: int, *, persist: bool = False) -> SharedBlock:
         """Create a new block of ``size`` zero bytes, readable and writable
         by this user only (0600).
 
         Parameters
         ----------
-        name : str
-            1-200 characters of ``[A-Za-z0-9._-]``, not starting with ``.``.
+        name : str or None
+            1-200 characters of ``[A-Za-z0-9._-]``, not starting with ``.``;
+            None for a fresh unique name (``mm-`` and 16 hex digits, as
+            :class:`multiprocessing.shared_memory.SharedMemory` makes them):
+            read it from :attr:`name`, or just pickle the block or its
+            arrays -- they travel by reference.
         size : int
             Bytes, at least 1.
         persist : bool, default False
@@ -258,10 +274,16 @@ class SharedBlock(MappedBuffer):
         >>> blk.close()
         >>> "doc-create" in mm.shared_blocks()
         False
+        >>> with mm.SharedBlock.create(None, 4096) as blk:   # a name of its own
+        ...     blk.name.startswith("mm-")
+        True
         """
-        name = check_name(name)
         size = as_index(size, "size", minimum=1)
-        fd = _shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        if name is None:
+            name, fd = _create_unique()
+        else:
+            name = check_name(name)
+            fd = _shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.fchmod(fd, 0o600)  # shm_open's mode is subject to the umask
             os.ftruncate(fd, size)
@@ -351,6 +373,7 @@ class SharedBlock(MappedBuffer):
         ...         a.owner, b.owner, b.size
         (True, False, 64)
         """
+        name = check_name(name)  # (None, which create() takes, makes no sense here)
         size = as_index(size, "size", minimum=1)
         while True:
             try:

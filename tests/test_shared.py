@@ -215,12 +215,16 @@ def test_bad_names(make, name):
     with pytest.raises(ValueError, match=r"A-Za-z0-9") as info:
         make(name)
     assert repr(name) in str(info.value)  # the message shows what came
-    assert set(os.listdir(SHM)) == before
+    # (Other processes may create blocks meanwhile: look for this name only.)
+    created = set(os.listdir(SHM)) - before
+    assert not any(n in (name, name.lstrip("/")) for n in created)
 
 
 @pytest.mark.parametrize("make", CONSTRUCTORS.values(), ids=CONSTRUCTORS.keys())
 @pytest.mark.parametrize("name", [None, b"abc", 5, pathlib.Path("abc")], ids=repr)
 def test_name_must_be_str(make, name):
+    if name is None and make in (CONSTRUCTORS["create"], CONSTRUCTORS["create-persist"]):
+        pytest.skip("create(None, size) picks a fresh name (tests/test_conveniences.py)")
     with pytest.raises(TypeError, match="str"):
         make(name)
 
