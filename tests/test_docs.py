@@ -380,6 +380,10 @@ def test_notebook_runs(tmp_path: pathlib.Path):
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook drew no plot"
+    tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert any("MappedArray" in t and "capacity used" in t for t in tables), (
+        "the notebook shows no MappedArray table"
+    )
 
 
 # -- the Sphinx build -------------------------------------------------------------------
