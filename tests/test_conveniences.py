@@ -247,6 +247,23 @@ def test_unnamed_block_has_a_fresh_name_and_is_owned():
     assert not os.path.exists(os.path.join(SHM_DIR, b.name))
 
 
+def _fill(view, value):
+    view[:] = value
+    return int(view.sum())
+
+
+def test_unnamed_block_in_a_spawned_pool():
+    import multiprocessing as mp
+
+    with mm.SharedBlock.create(None, 4 * 1000) as blk:
+        arr = blk.array(np.int32, 1000)
+        with mp.get_context("spawn").Pool(2) as pool:
+            sums = pool.starmap(_fill, [(arr[i * 250:(i + 1) * 250], i + 1) for i in range(4)])
+        assert sums == [250 * (i + 1) for i in range(4)]
+        assert np.array_equal(arr, np.repeat(np.arange(1, 5, dtype=np.int32), 250))
+        del arr
+
+
 def test_unnamed_block_persist():
     blk = mm.SharedBlock.create(None, 10, persist=True)
     blk.close()

@@ -1113,19 +1113,21 @@ class MappingMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.open_handles() < MAX_OPEN)
     @rule(t=TARGET, mode=ARRAY_MODE, dt=ARRAY_DT, row=ROW, n=st.integers(0, 6),
-          capacity=st.one_of(st.none(), st.integers(0, 40)))
+          capacity=st.one_of(st.none(), st.integers(0, 40)),
+          data=st.one_of(st.none(), SEED))
     @step
-    def open_arr(self, t, mode, dt, row, n, capacity):
-        self.open_array(t, mode, dt, row, n, capacity)
+    def open_arr(self, t, mode, dt, row, n, capacity, data):
+        self.open_array(t, mode, dt, row, n, capacity, data)
 
     @precondition(lambda self: self.open_handles() < MAX_OPEN)
     @rule(t=TARGET, mode=ARRAY_MODE, dt=ARRAY_DT, row=ROW, n=st.integers(0, 6),
-          capacity=st.one_of(st.none(), st.integers(0, 40)))
+          capacity=st.one_of(st.none(), st.integers(0, 40)),
+          data=st.one_of(st.none(), SEED))
     @step
-    def open_arr_again(self, t, mode, dt, row, n, capacity):
-        self.open_array(t, mode, dt, row, n, capacity)
+    def open_arr_again(self, t, mode, dt, row, n, capacity, data):
+        self.open_array(t, mode, dt, row, n, capacity, data)
 
-    def open_array(self, t, mode, dt, row, n, capacity):
+    def open_array(self, t, mode, dt, row, n, capacity, data=None):
         where = self.where(t)
         kind = "shm" if t == 2 else "file"
         target = "shm://" + where if kind == "shm" else where
@@ -1136,9 +1138,15 @@ class MappingMachine(RuleBasedStateMachine):
         kwargs: dict[str, Any] = {}
         if mode in ("w+", "x+", "a"):
             kwargs = {"dtype": dtype, "shape": (n, *row)}
+        raw = None
+        if mode in ("w+", "x+") and data is not None:  # contents given: data=
+            values, raw = random_values(data, dtype, (n, *row))
+            kwargs = {"data": values}
         if mode in ("w+", "x+", "a"):
             kwargs["capacity"] = capacity
         what = f"open_array({self.short(where)}, {mode!r}, {kwargs})"
+        if raw is not None:
+            what = what.replace(repr(values), f"<random rows, seed {data}>")
         if mode == "w+" and kind == "file" and cur is not None and self.mapped(cur) and (
             "replace" in LAX
         ):
@@ -1197,6 +1205,9 @@ class MappingMachine(RuleBasedStateMachine):
                 gen.known[offset : offset + nbytes] = True
                 gen.known[offset + nbytes :] = False
             gen.known[:offset] = False
+            if raw is not None:
+                gen.data[offset : offset + raw.size] = raw
+                gen.known[offset : offset + raw.size] = True
             gen.npy = Npy(dtype, row, offset, n)
             gen.hwm = offset + n * rn
             length = n
