@@ -322,8 +322,9 @@ def _public_objects() -> list[str]:
         obj = getattr(mmarray, n)
         out.append(n)
         if inspect.isclass(obj):
-            # memmap inherits numpy.memmap's documented surface; ours is flush/close.
-            own = ("flush", "close") if n == "memmap" else None
+            # memmap inherits numpy.memmap's documented surface; ours is
+            # flush/close/advise.
+            own = ("flush", "close", "advise") if n == "memmap" else None
             for m, _ in inspect.getmembers(obj):
                 if m.startswith("_") or (own is not None and m not in own):
                     continue
