@@ -66,6 +66,13 @@ def _row_index(key: Any) -> tuple[np.ndarray, tuple] | None:
     return idx, rest
 
 
+def _cast(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``rows`` as a C-contiguous array of ``dtype``, cast as assignment casts."""
+    out = np.empty(rows.shape, dtype)
+    out[...] = rows
+    return out
+
+
 def _unwrap(obj: Any) -> Any:
     if isinstance(obj, MappedArray):
         return obj._view().view(np.ndarray)
@@ -325,6 +332,12 @@ class MappedArray(NDArrayOperatorsMixin):
                 f"{s.row_shape}: pass shape (k, {', '.join(map(str, s.row_shape))}) "
                 f"or one row of shape {s.row_shape}"
             )
+        dt = rows.dtype
+        same = (dt is s.like or s.is_ours(dt)) and rows.flags.c_contiguous
+        if s.concurrent and not same:
+            # Cast as assignment would, before the lock: the others wait
+            # for a byte copy only.
+            rows, same = _cast(rows, s.dtype), True
         took = s.concurrent and s.hold_array()
         try:
             with s.lock:
@@ -336,15 +349,16 @@ class MappedArray(NDArrayOperatorsMixin):
                 end = n + len(rows)
                 if end > s.cap:
                     self._reserve(end)
-                if rows.dtype != s.dtype or not rows.flags.c_contiguous:
+                at = s.offset + n * s.row_nbytes
+                if not same:
                     self._full_view()[n:end] = rows  # numpy casts
                 elif rows.nbytes >= PWRITE_BYTES:
                     # As bytes: memoryview cannot export datetime64 and friends.
-                    s.buf._pwrite(rows.reshape(-1).view(np.uint8), s.offset + n * s.row_nbytes)
-                else:  # same dtype: a byte copy (numpy copies records field by field)
-                    self._raw_view()[n * s.row_nbytes : end * s.row_nbytes] = rows.reshape(
-                        -1
-                    ).view(np.uint8)
+                    s.buf._pwrite(rows.reshape(-1).view(np.uint8), at)
+                else:
+                    # A byte copy (numpy copies records field by field); the
+                    # buffer protocol exports any dtype as plain bytes.
+                    s.buf._map()[at : at + rows.nbytes] = rows
                 # Last: an interrupt (or a full disk) before here leaves the old length.
                 s.length = end
                 s.written = max(s.written, end)

@@ -101,18 +101,35 @@ def try_lock(fd: int, start: int, length: int = 1, *, shared: bool = False) -> b
 
 
 def lock_wait(fd: int, start: int, length: int = 1, *, shared: bool = False) -> None:
-    """Lock the range, waiting for as long as a conflicting lock is held."""
-    while True:
-        try:
-            _fcntl(fd, _SETLKW, _RDLCK if shared else _WRLCK, start, length)
-            return
-        except InterruptedError:  # pragma: no cover - PEP 475 retries already
-            continue
+    """Lock the range, waiting for as long as a conflicting lock is held
+    (``fcntl`` retries when a signal interrupts the wait, PEP 475)."""
+    _fcntl(fd, _SETLKW, _RDLCK if shared else _WRLCK, start, length)
 
 
 def unlock(fd: int, start: int, length: int = 1) -> None:
     """Release the range (no error if it was not locked)."""
     _fcntl(fd, _SETLK, _UNLCK, start, length)
+
+
+def hold(fd: int, start: int, shared: bool = False) -> None:
+    """:func:`lock_wait` for one byte, in one call layer: concurrent
+    appenders take the array lock at every append."""
+    if fcntl is not None:
+        try:
+            fcntl.fcntl(fd, _SETLKW, _flock(_RDLCK if shared else _WRLCK, start, 1))
+        except OSError as e:
+            if e.errno not in _UNSUPPORTED:
+                raise
+
+
+def release(fd: int, start: int) -> None:
+    """:func:`unlock` for one byte, in one call layer."""
+    if fcntl is not None:
+        try:
+            fcntl.fcntl(fd, _SETLK, _flock(_UNLCK, start, 1))
+        except OSError as e:
+            if e.errno not in _UNSUPPORTED:
+                raise
 
 
 def hold_guard(fd: int) -> None:

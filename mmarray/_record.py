@@ -98,8 +98,10 @@ class State:
         "field",
         "fortran",
         "length",
+        "like",
         "lock",
         "offset",
+        "parsed",
         "recorded",
         "row_nbytes",
         "row_shape",
@@ -120,6 +122,7 @@ class State:
         self.writer_fd = -1  # a description of our own holding the writer lock
         self.concurrent = False
         self.dtype: np.dtype = header.dtype
+        self.like = self.dtype  # the last dtype object found equal to it
         self.fortran: bool = header.fortran_order
         self.offset: int = header.data_offset
         self.row_shape: tuple[int, ...] = header.shape[1:]
@@ -131,6 +134,9 @@ class State:
         self.cap = 0
         self.field: LengthField | None = None
         self.seen = b""  # the header bytes refresh() last looked at
+        # A header's first ``field.probe`` bytes and the length they record:
+        # the last ones read or written here.
+        self.parsed: tuple[bytes, int] = (b"", 0)
         if header.shape:
             with contextlib.suppress(ValueError):
                 self.field = LengthField(header, self._probe(header.data_offset))
@@ -141,6 +147,15 @@ class State:
     def shape(self) -> tuple[int, ...]:
         """The current shape; axis 0 is the length."""
         return () if self.length is None else (self.length, *self.row_shape)
+
+    def is_ours(self, dtype: np.dtype) -> bool:
+        """Whether ``dtype`` equals the array's, remembering the object if so:
+        comparing structured dtypes costs more than copying 100 rows, and
+        the batches an appender passes mostly share one dtype object."""
+        if dtype == self.dtype:
+            self.like = dtype
+            return True
+        return False
 
     def _probe(self, n: int) -> bytes:
         region = self.buf._region
@@ -153,17 +168,18 @@ class State:
     def hold_array(self, *, shared: bool = False) -> bool:
         """Take the array lock for a short change (see the module rules);
         False when this thread already holds it through ``lock()``."""
-        held = self.user_locks.get(threading.get_ident())
-        if held is not None:
-            if held and not shared:
-                raise RuntimeError(
-                    f"cannot change {self.target!r} while this thread holds a shared "
-                    "lock() on it"
-                )
-            return False
+        if self.user_locks:  # (empty unless some thread called lock())
+            held = self.user_locks.get(threading.get_ident())
+            if held is not None:
+                if held and not shared:
+                    raise RuntimeError(
+                        f"cannot change {self.target!r} while this thread holds a shared "
+                        "lock() on it"
+                    )
+                return False
         self.tlock.acquire()
         try:
-            _locks.lock_wait(self._lock_fd(), _locks.ARRAY, shared=shared)
+            _locks.hold(self._lock_fd(), _locks.ARRAY, shared)
         except BaseException:
             self.tlock.release()
             raise
@@ -172,7 +188,7 @@ class State:
     def release_array(self, took: bool) -> None:
         if took:
             try:
-                _locks.unlock(self._lock_fd(), _locks.ARRAY)
+                _locks.release(self._lock_fd(), _locks.ARRAY)
             finally:
                 self.tlock.release()
 
@@ -186,8 +202,15 @@ class State:
         own header layout; numpy's parser for anything else)."""
         field = self.field
         if field is not None:
-            n = field.read(self._probe(field.probe))
+            raw = self._probe(field.probe)
+            known, n = self.parsed
+            if raw == known:
+                # The bytes of the last length read or written here: no parse
+                # (an appender mostly finds the header as it left it).
+                return n
+            n = field.read(raw)
             if n is not None:
+                self.parsed = raw, n
                 return n
         head = read_header(self.buf._map(), self.buf.size)
         if (head.dtype, head.shape[1:], head.fortran_order, head.data_offset) != (
@@ -202,11 +225,14 @@ class State:
     def record(self) -> None:
         """Write the current length into the header (caller holds the array
         lock); one pwrite of the bytes after ``'shape': ``."""
-        if self.field is not None and self.length is not None:
-            tail = self.field.tail(self.length)
+        field, length = self.field, self.length
+        if field is not None and length is not None:
+            tail = field.tail(length)
+            region = self.buf._live()
             # One small pwrite into storage already allocated: all or nothing.
-            if os.pwrite(self.buf._live().fd, tail, self.field.at) != len(tail):
-                self.buf._pwrite(tail, self.field.at)  # pragma: no cover
+            if os.pwrite(region.fd, tail, field.at) != len(tail):
+                self.buf._pwrite(tail, field.at)  # pragma: no cover
+            self.parsed = region.map[: field.probe], length
         else:
             self.buf._pwrite(encode_header(self.dtype, self.shape, self.fortran, self.offset), 0)
         self.recorded = self.length
