@@ -3,7 +3,9 @@
 * the doctests in mmarray's docstrings (the examples of the API reference);
 * every ```python block of the pages in ``docs/`` (MyST Markdown) and every
   ``.. code-block:: python`` of its reStructuredText pages -- each page's
-  blocks in order, as one script, in a fresh process and a scratch folder;
+  blocks in order, as one script, in a fresh process and a scratch folder,
+  and then once more in the same folder, where it must pass and print the
+  same (examples must not depend on starting from an empty folder);
 * the two-process "Demo" of the getting-started page, as two processes;
 * the example notebook, executed headlessly (nbclient + ipykernel);
 * the Sphinx build with warnings as errors (when Sphinx is installed);
@@ -18,6 +20,7 @@ Marking blocks in a page (an HTML comment on the line before the fence)::
 from __future__ import annotations
 
 import contextlib
+import difflib
 import doctest
 import importlib
 import importlib.util
@@ -188,23 +191,36 @@ def test_page_examples_run(page: pathlib.Path, tmp_path: pathlib.Path):
         pytest.skip("every example needs a module that is not installed: " + "; ".join(skipped))
     script = tmp_path / (re.sub(r"\W", "_", str(rel.with_suffix(""))) + ".py")
     script.write_text("\n".join(parts), encoding="utf-8")
-    before = _block_names()
-    try:
-        proc = subprocess.run(
-            [sys.executable, script.name],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=PAGE_TIMEOUT,
-            env=_child_env(),
+    # Twice in the same folder: a reader who runs the page again (or re-runs
+    # a notebook cell) finds the files of the first run there, and must get
+    # what the page shows again (not 8 rows where it promised 4).
+    printed = []
+    for run in ("first", "second"):
+        before = _block_names()
+        try:
+            proc = subprocess.run(
+                [sys.executable, script.name],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=PAGE_TIMEOUT,
+                env=_child_env(),
+            )
+        finally:
+            leaked = _remove_new_blocks(before, page.read_text(encoding="utf-8"))
+        assert proc.returncode == 0, (
+            f"the examples of docs/{rel} failed on the {run} run in one folder "
+            f"(script {script}):\n{proc.stderr}"
         )
-    finally:
-        leaked = _remove_new_blocks(before, page.read_text(encoding="utf-8"))
-    assert proc.returncode == 0, (
-        f"the examples of docs/{rel} failed (script {script}):\n{proc.stderr}"
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert not leaked, f"docs/{rel} left shared blocks behind: {leaked}"
+        printed.append(proc.stdout)
+    assert printed[0] == printed[1], (
+        f"the examples of docs/{rel} print something else when run again in the same "
+        "folder:\n" + "".join(difflib.unified_diff(
+            printed[0].splitlines(True), printed[1].splitlines(True), "first run", "second run"
+        ))
     )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert not leaked, f"docs/{rel} left shared blocks behind: {leaked}"
 
 
 def test_getting_started_demo_in_two_processes(tmp_path: pathlib.Path):

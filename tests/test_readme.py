@@ -1,4 +1,5 @@
-"""Every ```python block of README.md runs as written (in a scratch folder)."""
+"""Every ```python block of README.md runs as written (in a scratch folder,
+twice in the same folder, printing the same both times)."""
 
 import pathlib
 import re
@@ -39,8 +40,15 @@ def test_readme_commands_come_first():
 def test_readme_block_runs(index, tmp_path):
     script = tmp_path / "example.py"
     script.write_text(python_blocks()[index])
-    proc = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
+    # Twice in the same folder: running an example again must work, and
+    # print the same, too.
+    printed = []
+    for run in ("first", "second"):
+        proc = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, f"{run} run in one folder:\n{proc.stderr}"
+        assert "Traceback" not in proc.stderr
+        printed.append(proc.stdout)
+    assert printed[0] == printed[1], f"the second run printed {printed[1]!r}, not {printed[0]!r}"
