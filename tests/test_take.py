@@ -259,6 +259,7 @@ def pretend_cold(batch: int):
 
     with (
         mock.patch.object(take_module, "_resident", lambda m, pages: False),
+        mock.patch.object(take_module, "WARM_STREAK", 1 << 62),  # never a warm streak
         mock.patch.object(take_module, "BATCH", batch),
         mock.patch.object(take_module, "_prefetch", prefetch),
     ):
@@ -622,13 +623,55 @@ def test_large_batch_not_resident_with_out(cold_ints, spy):
         v = f.array(np.int64)
         idx = rng_indices(len(v), 10_000, seed=1)
         out = np.full(10_000, -1, np.int64)
-        assert mm.take(v, idx, out=out) is out
+        assert mm.take(v, idx, out=out) is out  # filled slice by slice
         assert np.array_equal(out, np.take(values, idx))
+        assert spy["pipelined"] == 1
         out2 = np.empty((100, 100), np.int64)
         assert np.take(v, idx.reshape(100, 100), out=out2, mode="wrap") is out2
         assert np.array_equal(out2, np.take(values, idx.reshape(100, 100)))
     assert spy["prefetch"] >= 1
-    assert spy["pipelined"] == 0
+    assert spy["pipelined"] == 1, "an out= for a 2-d index array: numpy fills it at once"
+
+
+def test_large_batch_not_resident_with_odd_out(cold_ints):
+    """An ``out`` that is not a plain match of the result behaves as numpy
+    says: cast, strided, overlapping the source, or refused before any write."""
+    path, values = cold_ints
+    idx = rng_indices(len(values), 10_000, seed=21)
+    with mm.MappedFile(path, "r+") as f:
+        v = f.array(np.int64)
+        for mode in MODES:
+            narrow = np.zeros(10_000, np.int32)  # int32 -> int64 is safe: numpy accepts it
+            want = np.zeros(10_000, np.int32)
+            np.take(values, idx, out=want, mode=mode)
+            assert mm.take(v, idx, out=narrow, mode=mode) is narrow
+            assert np.array_equal(narrow, want)
+            strided = np.zeros(20_000, np.int64)[::2]
+            assert mm.take(v, idx, out=strided, mode=mode) is strided
+            assert np.array_equal(strided, np.take(values, idx, mode=mode))
+            evict(path)
+        for bad in (np.zeros(10_000, np.float64), np.zeros(9_999, np.int64),
+                    np.zeros(10_000, np.int64)[:0], np.zeros((2, 5_000), np.int64)):
+            before = bad.copy()
+            with pytest.raises((TypeError, ValueError)) as got:
+                mm.take(v, idx, out=bad)
+            with pytest.raises(got.type):
+                np.take(values, idx, out=before.copy())
+            assert np.array_equal(bad, before)
+        frozen = np.zeros(10_000, np.int64)
+        frozen.flags.writeable = False
+        with pytest.raises(ValueError):
+            mm.take(v, idx, out=frozen)
+        assert not frozen.any()
+        # out= over the source itself: numpy takes from the bytes as they were
+        small = idx % 10_000
+        want = np.take(values, small)
+        with pretend_cold(64):
+            for over in (v[:10_000], v[:10_000].view(np.ndarray)):
+                got = mm.take(v, small, out=over)
+                assert got is over
+                assert np.array_equal(got, want)
+                v[:10_000] = values[:10_000]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -751,6 +794,52 @@ def test_sparse_file_and_fresh_block(tmp_path, shm_name):
     finally:
         block.unlink()
         block.close()
+
+
+# -- the warm streak ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def counted_residency(answer=True):
+    """``_resident`` answers ``answer[0]`` (changeable) and counts its calls."""
+    state = {"calls": 0, "answer": answer}
+
+    def resident(m, pages):
+        state["calls"] += 1
+        return state["answer"]
+
+    with mock.patch.object(take_module, "_resident", resident):
+        yield state
+
+
+def test_warm_streak_skips_checks_and_notices_cold(tmp_path, spy):
+    values = np.arange(1 << 16, dtype=np.int64)
+    with mm.MappedFile(tmp_path / "w.bin", "w+", capacity=values.nbytes) as f:
+        f.array(np.int64)[:] = values
+        idx = rng_indices(len(values), 1000, seed=30)
+        with counted_residency() as seen, \
+                mock.patch.object(take_module, "WARM_RECHECK", 1e9):
+            for k in range(take_module.WARM_STREAK):
+                # fresh views of one mapping share its streak
+                half = idx // 2  # in range for the view
+                assert_same(mm.take(f.array(np.int64)[1:], half), np.take(values[1:], half))
+                assert seen["calls"] == k + 1
+            for _ in range(20):
+                assert_same(mm.take(f.array(np.int64), idx), np.take(values, idx))
+            assert seen["calls"] == take_module.WARM_STREAK, "warm: no check until the interval"
+            assert spy["prefetch"] == 0
+    with mm.MappedFile(tmp_path / "w.bin", "r") as f, counted_residency() as seen, \
+            mock.patch.object(take_module, "WARM_RECHECK", 0.0):
+        v = f.array(np.int64)  # a new mapping: a new streak
+        for k in range(take_module.WARM_STREAK + 5):
+            assert_same(mm.take(v, idx), np.take(values, idx))
+            assert seen["calls"] == k + 1, "interval over: every call checks"
+        seen["answer"] = False  # the data left memory
+        assert_same(mm.take(v, idx), np.take(values, idx))
+        assert spy["prefetch"] >= 1
+        checks = seen["calls"]
+        assert_same(mm.take(v, idx), np.take(values, idx))
+        assert seen["calls"] > checks, "the streak is over: the next call checks again"
 
 
 # -- handles closed, files grown ------------------------------------------------
