@@ -23,7 +23,7 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from . import _locks
 from ._base import MappedBuffer, as_index, as_timeout
-from ._header import can_grow, read_header
+from ._header import Header, can_grow, read_header
 from ._lifetime import finalizer
 from ._locks import Held
 from ._record import State, finish
@@ -71,6 +71,20 @@ def _cast(rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
     out = np.empty(rows.shape, dtype)
     out[...] = rows
     return out
+
+
+def _current_header(buf: MappedBuffer) -> tuple[Header, int]:
+    """The header and the size mapped to hold what it describes: another
+    writer may have grown the storage and recorded a longer length since
+    ``buf`` mapped it (rows are written before the length, so mapping the
+    size the storage has now finds them)."""
+    while True:
+        size = buf.size
+        try:
+            return read_header(buf._map(), size), size
+        except ValueError:
+            if buf.refresh() == size:  # nothing grew: the storage really is short
+                raise
 
 
 def _unwrap(obj: Any) -> Any:
@@ -144,8 +158,7 @@ class MappedArray(NDArrayOperatorsMixin):
         writer: int = -1,
         concurrent: bool = False,
     ):
-        size = buf.size
-        head = read_header(buf._map(), size)
+        head, size = _current_header(buf)
         self = object.__new__(cls)
         self.mode = mode
         self.target = target

@@ -33,9 +33,10 @@ def human(n: int) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Info:
-    """What :func:`info` finds in a file or shared block.
+    """What :func:`info` finds in a file or shared block (made by
+    :func:`info`; the parameters are its attributes).
 
-    Attributes
+    Parameters
     ----------
     target : str
         The absolute path, or ``"shm://NAME"``.

@@ -868,3 +868,23 @@ def test_review12h_huge_sizes_are_valueerror_not_overflowerror(tmp_path, shm_nam
             pytest.fail(f"{what} of 2**70 did not raise")
         assert not p.exists(), f"{what} left a file behind"
         assert not (SHM / shm_name).exists(), f"{what} left a block behind"
+
+
+def test_open_finds_rows_another_writer_recorded_after_mapping(tmp_path):
+    """Opening maps the file, then reads the header: an appender in between
+    may have grown the file and recorded a longer length (four pool workers
+    opening with "a", concurrent=True hit it).  The open maps the new size."""
+    from mmarray._array import MappedArray
+    from mmarray._file import MappedFile
+
+    path = tmp_path / "grown.npy"
+    mm.open_array(path, "w+", dtype=np.int64, shape=(0,)).close()
+    buf = MappedFile(path, "r")  # mapped at the size of an empty array
+    with mm.open_array(path, "a", concurrent=True) as w:
+        w.append(np.arange(10_000))
+        w.flush()
+    a = MappedArray._from_buffer(buf, str(path), "r")
+    try:
+        assert len(a) == 10_000 and int(a[-1]) == 9_999
+    finally:
+        a.close()
