@@ -878,3 +878,38 @@ def test_creating_concurrent_handle_keeps_the_others_rows(tmp_path, spawn, mode)
     finally:
         creator.close()
     assert np.load(path).tolist() == list(range(5))
+
+
+def test_concurrent_append_casts_as_assignment(tmp_path):
+    """A concurrent handle casts rows before taking the lock: the same
+    values as a plain handle's append (assignment's casting), for another
+    dtype, non-contiguous rows and lists."""
+    rows = np.arange(12, dtype=np.float64).reshape(6, 2) + 0.75
+    got = {}
+    for concurrent in (False, True):
+        path = tmp_path / f"cast-{concurrent}.npy"
+        with mm.open_array(path, "x+", dtype=np.int32, shape=(0, 2),
+                           concurrent=concurrent) as a:
+            a.append(rows)           # float64 -> int32
+            a.append(rows[::2])      # not contiguous
+            a.append(rows.T.copy().T)  # Fortran order
+            a.append([7.9, 8.1])     # one row, a list
+        got[concurrent] = np.load(path)
+    assert got[True].dtype == np.int32
+    np.testing.assert_array_equal(got[True], got[False])
+
+
+def test_concurrent_append_after_another_handle_shrinks(tmp_path):
+    """An appender that finds the header bytes it last wrote takes their
+    length without parsing: after another handle grew the array and
+    resized it back, that is still the length the header records."""
+    path = tmp_path / "back.npy"
+    with mm.open_array(path, "x+", dtype=np.int64, shape=(0,), concurrent=True) as a, \
+            mm.open_array(path, "a", concurrent=True) as b:
+        a.append(np.arange(3))
+        b.append(np.arange(3, 8))
+        b.resize(3)                  # the header says 3 again, as a wrote it
+        a.append(np.arange(10, 12))
+        b.append(np.arange(20, 21))
+        assert a.refresh() == b.refresh() == 6
+    assert np.load(path).tolist() == [0, 1, 2, 10, 11, 20]
