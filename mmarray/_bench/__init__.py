@@ -10,7 +10,8 @@ A small package whose imports flow one way::
   asking ``mincore``, whether a cold cache can be staged;
 * :mod:`.workloads` -- what is timed: the methods and the sections that
   group them.  **A new benchmark goes there**, in :data:`SECTIONS`;
-* :mod:`.results` -- :class:`Measurement` and :class:`Report`;
+* :mod:`.results` -- :class:`Measurement`, :class:`Comparison` (the rule for
+  "faster", "slower" and "level") and :class:`Report`;
 * :mod:`.runner` -- :class:`Plan`, the run loop, :func:`run_bench`;
 * :mod:`.report` -- the table, the verdict, JSON and the chart;
 * :mod:`.cli` -- the ``bench`` sub-command (:func:`add_bench_parser`, :func:`main`).
@@ -32,13 +33,14 @@ from .report import (
     to_json,
     verdict,
 )
-from .results import Measurement, Report
+from .results import Comparison, Measurement, Report
 from .runner import Plan, run_bench
 from .units import format_size, parse_size
 from .workloads import SECTIONS, Method, Section, Workload
 
 __all__ = [
     "SECTIONS",
+    "Comparison",
     "Measurement",
     "Method",
     "Plan",

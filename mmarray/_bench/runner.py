@@ -7,15 +7,18 @@ cold sections, dropping the file from the page cache before each cold run.
 Both files are removed on every way out, Ctrl-C included.
 
 Methods take turns round robin, so that a burst of noise from other tenants
-of the machine slows every method alike and the ratios stay steady; each
-figure is the best of several runs (``time.perf_counter``).
+of the machine falls on every method alike.  Every run's time
+(``time.perf_counter``) is kept: the report gives the median and the range,
+and calls a difference only where ranges do not overlap
+(:meth:`~mmarray._bench.results.Measurement.compare`).  That rule needs
+about seven runs to mean something, so cold runs get seven too,
+``--quick`` included.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import math
 import os
 import platform
 import shutil
@@ -60,13 +63,13 @@ class Plan:
 
     reads: int  #: random reads per warm run
     cold_reads: int  #: random reads per cold run
-    repeat: int  #: warm random-read runs per method (the best counts)
+    repeat: int  #: warm random-read runs per method
     scan_repeat: int  #: warm sequential runs per method
     cold_repeat: int  #: cold runs per method
 
 
-FULL_PLAN = Plan(reads=100_000, cold_reads=2_000, repeat=5, scan_repeat=10, cold_repeat=3)
-QUICK_PLAN = Plan(reads=20_000, cold_reads=500, repeat=5, scan_repeat=10, cold_repeat=2)
+FULL_PLAN = Plan(reads=50_000, cold_reads=1_000, repeat=7, scan_repeat=10, cold_repeat=7)
+QUICK_PLAN = Plan(reads=10_000, cold_reads=200, repeat=7, scan_repeat=10, cold_repeat=7)
 
 
 class _Progress:
@@ -143,7 +146,7 @@ class _Bench:
             self.measure(section, Workload(path), size, size)
 
     def measure(self, section: Section, w: Workload, count: int, size: int) -> None:
-        """Time the methods of ``section`` on ``w``; the best run of each counts."""
+        """Time the methods of ``section`` on ``w``, every run of each kept."""
         cold = section.cache == "cold"
         if cold:
             rounds = self.plan.cold_repeat
@@ -153,7 +156,7 @@ class _Bench:
         what = (f"random {format_size(section.record)} reads" if section.record
                 else "sequential sum")
         self.progress.step(f"{section.cache} cache, {what}: {len(chosen)} methods x {rounds} runs")
-        best = [math.inf] * len(chosen)
+        times: list[list[float]] = [[] for _ in chosen]
         cached: list[float | None] = [None] * len(chosen)
         growth: list[float | None] = [None] * len(chosen)
         with contextlib.ExitStack() as stack:
@@ -166,7 +169,7 @@ class _Bench:
                     before = resident_fraction(w.path) if last else None
                     start = time.perf_counter()
                     run()
-                    best[i] = min(best[i], time.perf_counter() - start)
+                    times[i].append(time.perf_counter() - start)
                     if last:
                         cached[i] = after = resident_fraction(w.path)
                         if section.test == "random" and after is not None and before is not None:
@@ -174,13 +177,14 @@ class _Bench:
                             growth[i] = max(0.0, after - before) * pages / count
         rows = [
             Measurement(section.test, section.cache, section.record, m.key, m.label,
-                        m.baseline, t, count, cached_after=c, pages_per_read=g)
-            for m, t, c, g in zip(chosen, best, cached, growth, strict=True)
+                        m.baseline, tuple(t), count, cached_after=c, pages_per_read=g)
+            for m, t, c, g in zip(chosen, times, cached, growth, strict=True)
         ]
-        base = next((m.seconds for m in rows if m.baseline), None)
-        for m in rows:
-            if base is not None:
-                m.speedup = base / m.seconds
+        base = next((m for m in rows if m.baseline), None)
+        if base is not None:
+            for m in rows:
+                versus = m.compare(base)
+                m.speedup, m.call = versus.ratio, versus.call
         self.results.extend(rows)
 
 
