@@ -345,7 +345,7 @@ def test_bad_sources_raise_clearly(tmp_path, make, error, match):
 
 def test_raw_file_path_suggests_memmap(tmp_path):
     (tmp_path / "raw.bin").write_bytes(bytes(4096))
-    with pytest.raises(ValueError, match=r"not a valid \.npy.*mmarray\.memmap\(path"):
+    with pytest.raises(ValueError, match=r"no \.npy header.*mmarray\.memmap\(path"):
         mm.to_dask(tmp_path / "raw.bin")
 
 
