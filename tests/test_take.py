@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 
 import mmarray as mm
 import mmarray._take as take_module
+from mmarray._bench.cache import evict
 
 SETTINGS = settings(
     max_examples=60,
@@ -537,19 +538,9 @@ def write_cold(path, payload: bytes) -> None:
         view = memoryview(payload)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-
-
-def evict(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    evict(path)
 
 
 def write_npy(target, values: np.ndarray) -> mm.MappedArray:

@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 import mmarray
+from mmarray._bench.cache import evict, filesystem_type  # one copy, shared with mmarray bench
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 #: Size of the data file in a full run (the default).
@@ -132,38 +133,6 @@ def warm(path: str) -> None:
     """Read the whole file so that it is in the page cache."""
     with open(path, "rb", buffering=0) as fh:
         sum_readinto(fh)
-
-
-def evict(path: str) -> None:
-    """Sync ``path`` and drop it from the page cache (call before mapping it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def filesystem_type(path: str) -> str | None:
-    """The type of the file system holding ``path`` (Linux), else None."""
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    target = os.path.realpath(path)
-    best, fstype = "", None
-    for line in lines:
-        fields = line.split()
-        try:
-            mount = fields[4].encode().decode("unicode_escape")
-            kind = fields[fields.index("-") + 1]
-        except (IndexError, ValueError):
-            continue
-        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) > len(best):
-            best, fstype = mount, kind
-    return fstype
 
 
 def resident_fraction(path: str) -> float:
