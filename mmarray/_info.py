@@ -15,10 +15,8 @@ import numpy as np
 
 from ._file import check_regular
 from ._header import MAX_HEADER_SIZE, read_header
+from ._open import NPY_MAGIC, SHM_PREFIX
 from ._shared import SharedBlock
-
-SHM_PREFIX = "shm://"
-NPY_MAGIC = b"\x93NUMPY"
 
 
 def human(n: int) -> str:
