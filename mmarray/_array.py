@@ -804,9 +804,13 @@ class MappedArray(NDArrayOperatorsMixin):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         arr = self._view()
-        if not arr.flags.writeable:
-            raise self._read_only()
-        arr[key] = value
+        try:
+            arr[key] = value
+        except ValueError:
+            # Only on failure: assignment is a hot path.
+            if not arr.flags.writeable:
+                raise self._read_only() from None
+            raise
 
     def _read_only(self) -> ValueError:
         """numpy's "assignment destination is read-only", saying why."""
