@@ -135,6 +135,25 @@ class MappedBuffer:
             )
         return dt, shape, offset, m
 
+    def _viewing(
+        self, cls: type[np.ndarray], dtype: Any, shape: Any, offset: Any, order: str = "C"
+    ) -> np.ndarray:
+        """``view()`` of the current mapping.
+
+        Another thread's growth unmaps the old mapping as soon as no array
+        holds it -- which may be after this thread took it and before its
+        view holds it ("mmap closed").  An error raised while the mapping
+        changed is therefore tried again on the new one.
+        """
+        while True:
+            before = self._map()
+            try:
+                dt, shape_, offset_, m = self._layout(dtype, shape, offset)
+                return view(cls, m, dt, shape_, offset_, order=order)
+            except ValueError:
+                if self._map() is before:
+                    raise
+
     def array(
         self, dtype: Any = np.uint8, shape: Any = None, offset: int = 0, order: str = "C"
     ) -> np.ndarray:
@@ -178,8 +197,7 @@ class MappedBuffer:
         """
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS!r} (got {order!r})")
-        dt, shape, offset, m = self._layout(dtype, shape, offset)
-        return view(MappedView, m, dt, shape, offset, order=order)
+        return self._viewing(MappedView, dtype, shape, offset, order)
 
     def records(self, dtype: Any, shape: Any = None, offset: int = 0) -> np.recarray:
         """A :class:`numpy.recarray` viewing the mapped bytes.
@@ -214,8 +232,7 @@ class MappedBuffer:
         dt = as_dtype(dtype)
         if dt.names is None:
             raise ValueError(f"records() needs a structured dtype (got {dt})")
-        dt, shape, offset, m = self._layout(np.dtype((np.record, dt)), shape, offset)
-        return view(MappedRecords, m, dt, shape, offset)
+        return self._viewing(MappedRecords, np.dtype((np.record, dt)), shape, offset)
 
     # -- scalar and array accessors ------------------------------------------
 
@@ -250,8 +267,7 @@ class MappedBuffer:
         ...     int(f.read(3, np.int32))
         -7
         """
-        dt, shape, offset, m = self._layout(dtype, (), offset)
-        return view(np.ndarray, m, dt, shape, offset).copy()[()]
+        return self._viewing(np.ndarray, dtype, (), offset).copy()[()]
 
     def write(self, offset: int, value: Any, dtype: Any = None) -> None:
         """Write a numpy scalar or array at ``offset``.
@@ -294,11 +310,18 @@ class MappedBuffer:
         self._put(offset, value)
 
     def _put(self, offset: Any, value: np.ndarray) -> None:
-        _, _, offset, m = self._layout(value.dtype, value.shape, offset)
-        # The bytes already have the target dtype: copy them as bytes
-        # (numpy copies structured items field by field, ~30x slower).
-        raw = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-        view(np.ndarray, m, np.uint8, raw.shape, offset)[...] = raw
+        while True:  # (tried again as in _viewing)
+            before = self._map()
+            try:
+                _, _, offset, m = self._layout(value.dtype, value.shape, offset)
+                # The bytes already have the target dtype: copy them as bytes
+                # (numpy copies structured items field by field, ~30x slower).
+                raw = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+                view(np.ndarray, m, np.uint8, raw.shape, offset)[...] = raw
+                return
+            except ValueError:
+                if self._map() is before:
+                    raise
 
     def read_array(self, offset: int, dtype: Any, count: int) -> np.ndarray:
         """Read ``count`` items of ``dtype`` starting at ``offset``.
@@ -332,8 +355,7 @@ class MappedBuffer:
         [0, 1, 2]
         """
         count = as_index(count, "count")
-        dt, shape, offset, m = self._layout(dtype, (count,), offset)
-        return view(np.ndarray, m, dt, shape, offset).copy()
+        return self._viewing(np.ndarray, dtype, (count,), offset).copy()
 
     def write_array(self, offset: int, values: Any) -> None:
         """Write the bytes of ``values`` (in C order) starting at ``offset``.
@@ -434,7 +456,8 @@ class MappedBuffer:
         """
         start, length = self._byte_range(offset, size)
         if length and not self.readonly:
-            self._map().flush(start, length)
+            with self._live().lock:  # (another thread's growth may retire the mapping)
+                self._map().flush(start, length)
 
     def advise(self, hint: str, offset: int = 0, size: int | None = None) -> None:
         """Tell the OS how the range will be used (``madvise``).
