@@ -27,7 +27,7 @@ from ._header import Header, can_grow, read_header
 from ._lifetime import finalizer
 from ._locks import Held
 from ._record import State, finish
-from ._region import allocate
+from ._region import PREFAULT_BYTES, allocate, prefault
 from ._take import take
 
 #: Growth factor of the reserved capacity (n appends cost O(n) amortised).
@@ -371,7 +371,12 @@ class MappedArray(NDArrayOperatorsMixin):
                 else:
                     # A byte copy (numpy copies records field by field); the
                     # buffer protocol exports any dtype as plain bytes.
-                    s.buf._map()[at : at + rows.nbytes] = rows
+                    m, stop = s.buf._map(), at + rows.nbytes
+                    ahead = s.ahead
+                    if stop > ahead[1] or ahead[0] != m.address:
+                        # Fresh pages: fault a stretch in at once, not one by one.
+                        s.ahead = m.address, prefault(m, at, rows.nbytes + PREFAULT_BYTES)
+                    m[at:stop] = rows
                 # Last: an interrupt (or a full disk) before here leaves the old length.
                 s.length = end
                 s.written = max(s.written, end)
