@@ -246,6 +246,9 @@ class LengthField:
         self.prefix = bytes(raw[: at + len(self.KEY)])
         #: Where the tail that :meth:`tail` writes starts.
         self.at = at + len(self.KEY) - 1
+        #: The bytes before it, and so ``head + tail(n)`` the first
+        #: :attr:`probe` bytes of the header that records ``n``.
+        self.head = self.prefix[: self.at]
         # The digits, the row dimensions and the closing text: at most this long.
         widest = repr((10**GROWTH_DIGITS, *header.shape[1:])).encode() + b", }"
         self.probe = min(self.at + len(widest), header.data_offset)

@@ -57,6 +57,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_writer_locks)
 
 
+#: Taking and dropping the array lock (on a handle's descriptor).
+_HOLD, _HOLD_SHARED = _locks.holder(_locks.ARRAY), _locks.holder(_locks.ARRAY, shared=True)
+_RELEASE = _locks.releaser(_locks.ARRAY)
+
+
 def writer_lock(buf: MappedBuffer, target: str, *, concurrent: bool = False) -> int:
     """The writer lock of the array in ``buf``, on a description of its own
     (so that it ends with the handle, not with the last view): its
@@ -91,6 +96,7 @@ class State:
     """
 
     __slots__ = (
+        "ahead",
         "buf",
         "cap",
         "concurrent",
@@ -132,6 +138,8 @@ class State:
         # Rows at and past this index are known to be zero (never written).
         self.written = 0
         self.cap = 0
+        # (mapping address, byte): appends faulted the pages before it in.
+        self.ahead = (0, 0)
         self.field: LengthField | None = None
         self.seen = b""  # the header bytes refresh() last looked at
         # A header's first ``field.probe`` bytes and the length they record:
@@ -179,7 +187,8 @@ class State:
                 return False
         self.tlock.acquire()
         try:
-            _locks.hold(self._lock_fd(), _locks.ARRAY, shared)
+            fd = self.writer_fd
+            (_HOLD_SHARED if shared else _HOLD)(fd if fd >= 0 else self.buf._live().fd)
         except BaseException:
             self.tlock.release()
             raise
@@ -188,12 +197,10 @@ class State:
     def release_array(self, took: bool) -> None:
         if took:
             try:
-                _locks.release(self._lock_fd(), _locks.ARRAY)
+                fd = self.writer_fd
+                _RELEASE(fd if fd >= 0 else self.buf._live().fd)
             finally:
                 self.tlock.release()
-
-    def _lock_fd(self) -> int:
-        return self.writer_fd if self.writer_fd >= 0 else self.buf._live().fd
 
     # -- the recorded length ---------------------------------------------------
 
@@ -232,7 +239,7 @@ class State:
             # One small pwrite into storage already allocated: all or nothing.
             if os.pwrite(region.fd, tail, field.at) != len(tail):
                 self.buf._pwrite(tail, field.at)  # pragma: no cover
-            self.parsed = region.map[: field.probe], length
+            self.parsed = field.head + tail, length
         else:
             self.buf._pwrite(encode_header(self.dtype, self.shape, self.fortran, self.offset), 0)
         self.recorded = self.length
