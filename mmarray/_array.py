@@ -11,6 +11,7 @@ and the array lock in :mod:`mmarray._record`.  This module is the live view
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import threading
@@ -37,6 +38,9 @@ MIN_GROWTH_BYTES = 1 << 16
 #: Appends at least this big are written with pwrite rather than through the
 #: mapping: measured here, 2.5x faster for fresh pages of a sparse file.
 PWRITE_BYTES = 1 << 16
+#: A concurrent appender faults pages in again when its end comes this close
+#: to the end of the last stretch it faulted in.
+AHEAD_SLACK = 1 << 16
 #: wait(): the first and the longest sleep between refreshes, in seconds.
 WAIT_FIRST, WAIT_MAX = 1e-4, 0.05
 
@@ -351,6 +355,9 @@ class MappedArray(NDArrayOperatorsMixin):
             # Cast as assignment would, before the lock: the others wait
             # for a byte copy only.
             rows, same = _cast(rows, s.dtype), True
+        if s.concurrent:
+            # Fresh pages are faulted in before the lock: the others append meanwhile.
+            self._fault_ahead(rows.nbytes)
         took = s.concurrent and s.hold_array()
         try:
             with s.lock:
@@ -375,7 +382,9 @@ class MappedArray(NDArrayOperatorsMixin):
                     ahead = s.ahead
                     if stop > ahead[1] or ahead[0] != m.address:
                         # Fresh pages: fault a stretch in at once, not one by one.
-                        s.ahead = m.address, prefault(m, at, rows.nbytes + PREFAULT_BYTES)
+                        # (A concurrent appender's stretch was faulted before the lock.)
+                        more = 0 if s.concurrent else PREFAULT_BYTES
+                        s.ahead = m.address, prefault(m, at, rows.nbytes + more)
                     m[at:stop] = rows
                 # Last: an interrupt (or a full disk) before here leaves the old length.
                 s.length = end
@@ -386,6 +395,21 @@ class MappedArray(NDArrayOperatorsMixin):
         finally:
             if took:
                 s.release_array(took)
+
+    def _fault_ahead(self, nbytes: int) -> None:
+        """A concurrent appender's :func:`prefault`, made before it takes the
+        array lock (the others append meanwhile), from where its last
+        append ended: the others' rows since move the end by little."""
+        s = self._state
+        region = s.buf._region
+        m = None if region is None else region.map
+        if m is None or s.length is None:
+            return
+        at = s.offset + s.length * s.row_nbytes
+        ahead = s.ahead
+        if at + nbytes + AHEAD_SLACK > ahead[1] or ahead[0] != m.address:
+            with contextlib.suppress(ValueError):  # unmapped meanwhile by another thread
+                s.ahead = m.address, prefault(m, at, PREFAULT_BYTES)
 
     def resize(self, n: int) -> None:
         """Set the length along axis 0 to ``n`` rows; new rows read as zero.

@@ -4,7 +4,9 @@ length recorded without reading it back.
 * ``append`` faults a stretch of fresh pages in at once
   (``_region.prefault``, ``MADV_POPULATE_WRITE``) instead of one page fault
   per page; rows must be exactly what plain copies would leave, across
-  growth, both kinds of storage and ``concurrent=`` on and off.
+  growth, both kinds of storage and ``concurrent=`` on and off.  A
+  concurrent appender faults its stretch in *before* taking the array lock,
+  so that the others go on appending meanwhile.
 * A concurrent appender remembers the header bytes it wrote
   (``LengthField.head + tail(n)``) so that the next append compares instead
   of parsing; those bytes must be the header's, byte for byte.
@@ -125,6 +127,63 @@ def test_a_small_append_faults_a_stretch_ahead(tmp_path, concurrent):
         assert rss_of(path) >= _region.PREFAULT_BYTES  # not just the page written
         assert rss_of(path) < 4 * MiB  # ...and not the whole capacity
         assert a[0]["seq"] == 0
+
+
+def test_a_concurrent_appender_faults_pages_in_without_the_array_lock(tmp_path, monkeypatch):
+    """The others append while one populates a stretch: nothing of the
+    1 MiB populate may happen under the array lock."""
+    from mmarray import _array, _locks
+
+    path = str(tmp_path / "a.npy")
+    seen = []
+    real = _array.prefault
+
+    def watching(m, start, length):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            free = _locks.try_lock(fd, _locks.ARRAY)  # another description's view
+        finally:
+            os.close(fd)  # (drops the probe's lock too)
+        seen.append((length, free))
+        return real(m, start, length)
+
+    monkeypatch.setattr(_array, "prefault", watching)
+    with mm.open_array(path, "w+", dtype=ROW, shape=(0,), concurrent=True) as a:
+        for i in range(0, 3 * MiB // ROW.itemsize, 500):
+            a.append(numbered(i, 500))
+        assert np.array_equal(a[:]["seq"], np.arange(len(a)))
+    stretches = [free for length, free in seen if length >= _region.PREFAULT_BYTES]
+    assert len(stretches) >= 3  # one per MiB appended, at least
+    assert all(stretches)
+    assert all(free or length < _region.PREFAULT_BYTES for length, free in seen)
+
+
+def test_fault_ahead_survives_a_mapping_closed_under_it(tmp_path, monkeypatch):
+    """Made without the handle's lock: another thread may close or remap
+    the handle meanwhile; the append goes on (or fails) as it would."""
+    from mmarray import _array
+
+    path = str(tmp_path / "a.npy")
+    a = mm.open_array(path, "w+", dtype=ROW, shape=(0,), concurrent=True)
+    a.append(numbered(0, 10))
+
+    real = _array.prefault
+
+    def unmapped(m, start, length):
+        if length == _region.PREFAULT_BYTES:  # the stretch made before the lock
+            raise ValueError("mmap closed or invalid")
+        return real(m, start, length)
+
+    monkeypatch.setattr(_array, "prefault", unmapped)
+    a._state.ahead = (0, 0)
+    a.append(numbered(10, 10))  # the populate failed; the rows still land
+    assert a._state.ahead[0] != 0  # ...recorded by the copy's own small populate
+    monkeypatch.undo()
+    a.close()
+    a._fault_ahead(160)  # closed: nothing to fault, nothing raised
+    with pytest.raises(ValueError, match="closed"):
+        a.append(numbered(20, 1))
+    assert np.array_equal(np.load(path)["seq"], np.arange(20))
 
 
 # -- rows through the fast copy -------------------------------------------------------
