@@ -252,3 +252,32 @@ def test_a_concurrent_appender_remembers_the_bytes_it_wrote(tmp_path):
             assert writer.parsed == (bytes(writer._probe(writer.field.probe)), (i + 1) * 7)
         assert np.array_equal(np.load(path)["seq"], np.arange(210))
     assert os.path.getsize(path) > 0
+
+
+# -- every length recorded ---------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dtype=row_dtypes, rows=st.lists(st.integers(1, 3), max_size=2),
+       steps=st.lists(st.one_of(st.integers(0, 3), st.integers(0, 2000)),
+                      min_size=1, max_size=25),
+       shm=st.booleans())
+def test_every_recorded_length_leaves_the_header_numpy_writes(tmp_path, shm_name, dtype, rows,
+                                                               steps, shm):
+    """Lengths that move one digit, several, or the digit count: after each
+    record, the header is byte for byte the one numpy writes for that
+    shape, and numpy reads that shape."""
+    target = f"shm://{shm_name}" if shm else str(tmp_path / "w.npy")
+    with mm.open_array(target, "w+", dtype=dtype, shape=(0, *rows), concurrent=True) as a:
+        s = a._state
+        n = 0
+        for step in steps:
+            n += step
+            a.resize(n)  # recorded under the array lock, as appends are
+            header = encode_header(s.dtype, (n, *rows), False, s.offset)
+            assert bytes(s.buf._map()[: s.offset]) == header
+            assert s.recorded_length() == n
+        if not shm:
+            a.flush()
+            assert np.load(target, mmap_mode="r").shape == (n, *rows)
