@@ -88,8 +88,9 @@ def prefault(m: mmap.mmap, start: int, length: int) -> int:
     call (``MADV_POPULATE_WRITE``), and return where the range ends.
 
     Appends through a mapping otherwise take one page fault per fresh page,
-    which costs more than copying the page's rows (measured: plain appends
-    of 1,600 bytes 1.8x faster on ext4, 1.2x on tmpfs).  A populate that
+    which costs more than copying the page's rows (measured here, 9 paired
+    runs: appends of 100 16-byte rows 1.05x faster, 1.04-1.23x, on ext4; a
+    concurrent appender's 1.2x; single rows level).  A populate that
     would fail (no storage behind a page, an old kernel) faults nothing and
     raises nothing: the write that follows takes its own faults, exactly as
     without the hint.  Callers pass only storage that is allocated.
