@@ -355,8 +355,9 @@ class MappedArray(NDArrayOperatorsMixin):
             # Cast as assignment would, before the lock: the others wait
             # for a byte copy only.
             rows, same = _cast(rows, s.dtype), True
-        if s.concurrent:
-            # Fresh pages are faulted in before the lock: the others append meanwhile.
+        if s.concurrent and rows.nbytes < PWRITE_BYTES:
+            # Fresh pages for the copy below are faulted in before the lock:
+            # the others append meanwhile.  (A pwrite needs none.)
             self._fault_ahead(rows.nbytes)
         took = s.concurrent and s.hold_array()
         try:

@@ -60,6 +60,13 @@ def check_hint(hint: Any) -> str:
     return hint
 
 
+def _pages(m: mmap.mmap, start: int, length: int) -> tuple[int, int]:
+    """``[start, start + length)`` with ``start`` rounded down to a page and
+    the end clipped to ``m``, as ``(start, length)``; length <= 0 if empty."""
+    pad = start % PAGE_SIZE
+    return start - pad, min(length + pad, len(m) - start + pad)
+
+
 def madvise(m: mmap.mmap, hint: str, start: int, length: int) -> None:
     """``madvise`` over ``[start, start + length)`` of ``m``, ``start``
     rounded down to a page.  A no-op where the OS lacks the hint, and for
@@ -68,9 +75,7 @@ def madvise(m: mmap.mmap, hint: str, start: int, length: int) -> None:
     flag = getattr(mmap, ADVICE[hint], None)
     if hint == "dontneed" and getattr(getattr(m, "source", None), "access", "") == "copy":
         return
-    pad = start % PAGE_SIZE
-    start, length = start - pad, length + pad
-    length = min(length, len(m) - start)
+    start, length = _pages(m, start, length)
     if flag is not None and length > 0:
         m.madvise(flag, start, length)
 
@@ -96,8 +101,7 @@ def prefault(m: mmap.mmap, start: int, length: int) -> int:
     without the hint.  Callers pass only storage that is allocated.
     """
     global _POPULATE_WRITE
-    pad = start % PAGE_SIZE
-    start, length = start - pad, min(length + pad, len(m) - start + pad)
+    start, length = _pages(m, start, length)
     if _POPULATE_WRITE is not None and length > 0:
         try:
             m.madvise(_POPULATE_WRITE, start, length)
