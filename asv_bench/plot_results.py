@@ -147,6 +147,7 @@ def panel_chart(
     fig, axes = plt.subplots(
         len(panels), 1, figsize=(5 + 0.06 * longest, 0.4 + sum(heights)),
         gridspec_kw={"height_ratios": heights}, squeeze=False,
+        layout="constrained",  # (room for the suptitle above the panels' titles)
     )
     try:
         for ax, (name, labels, values, xlabel) in zip(axes[:, 0], panels, strict=True):
@@ -176,7 +177,6 @@ def panel_chart(
                 ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             ax.grid(axis="x", which="major", alpha=0.3)
         fig.suptitle(textwrap.fill(title, 110), fontsize=10)
-        fig.tight_layout()
         fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)
