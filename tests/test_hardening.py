@@ -519,8 +519,9 @@ sys.setswitchinterval(1e-4)  # more interleaving: races show in fewer operations
 # and len() in between; an observer checks that visible rows are complete.
 THREAD_APPEND = THREAD_PRELUDE + r'''
 path = sys.argv[1]
+concurrent = len(sys.argv) > 2 and sys.argv[2] == "concurrent"
 N, THREADS = 20_000, 4
-a = mm.open_array(path, "w+", dtype=T, shape=(0,))
+a = mm.open_array(path, "w+", dtype=T, shape=(0,), concurrent=concurrent)
 start = threading.Barrier(THREADS + 1)
 running = [THREADS]
 lock = threading.Lock()
@@ -583,8 +584,10 @@ result(length=len(arr), lost=int(lost), torn=int((~ok).sum()),
 '''
 
 
-def test_threads_append_to_one_handle(scratch):
-    res = run_child(THREAD_APPEND, scratch / "threads.npy").check()
+@pytest.mark.parametrize("how", ["plain", "concurrent"])
+def test_threads_append_to_one_handle(scratch, how):
+    # concurrent=True: pages faulted in ahead without the handle's lock, too.
+    res = run_child(THREAD_APPEND, scratch / "threads.npy", how).check()
     assert res["length"] == 80_000
 
 
@@ -593,12 +596,13 @@ def test_threads_append_to_one_handle(scratch):
 # append that returned is in the file, and the file is a valid .npy.
 THREAD_CLOSE = THREAD_PRELUDE + r'''
 base, seed = sys.argv[1], int(sys.argv[2])
+concurrent = len(sys.argv) > 3 and sys.argv[3] == "concurrent"
 rng = random.Random(seed)
 STEP_ROWS = 10_000  # resize targets k * STEP_ROWS: always above the appended rows
 MAX_APPENDS = 4_000
 for round_ in range(3):
     path = f"{base}.{round_}.npy"
-    a = mm.open_array(path, "w+", dtype=T, shape=(0,))
+    a = mm.open_array(path, "w+", dtype=T, shape=(0,), concurrent=concurrent)
     closing = threading.Event()
     counts = [0, 0]
     done = {0: [], 1: []}
@@ -690,8 +694,9 @@ result(rounds=3)
 '''
 
 
-def test_threads_append_resize_flush_while_one_closes(scratch):
-    run_child(THREAD_CLOSE, scratch / "closing", 5).check()
+@pytest.mark.parametrize("how", ["plain", "concurrent"])
+def test_threads_append_resize_flush_while_one_closes(scratch, how):
+    run_child(THREAD_CLOSE, scratch / "closing", 5, how).check()
 
 
 # Threads resize one MappedFile to random sizes (a shrink is refused with
