@@ -111,38 +111,33 @@ def unlock(fd: int, start: int, length: int = 1) -> None:
     _fcntl(fd, _SETLK, _UNLCK, start, length)
 
 
-def holder(start: int, shared: bool = False) -> Callable[[int], None]:
-    """:func:`lock_wait` of one byte as a function of the descriptor alone, its
-    ``fcntl`` argument packed once (an appender takes the lock 10^5 times
-    a second, and every call layer shows)."""
+def _one_byte(cmd: int, kind: int, start: int) -> Callable[[int], None]:
+    """``fcntl(fd, cmd)`` on byte ``start`` as a function of the descriptor
+    alone, its argument packed once (an appender takes the array lock 10^5
+    times a second, and every call layer shows); a filesystem that cannot
+    lock counts as done."""
     if fcntl is None:
         return lambda fd: None
-    call, cmd, arg = fcntl.fcntl, _SETLKW, _flock(_RDLCK if shared else _WRLCK, start, 1)
+    call, arg = fcntl.fcntl, _flock(kind, start, 1)
 
-    def hold_it(fd: int) -> None:
+    def do(fd: int) -> None:
         try:
             call(fd, cmd, arg)
         except OSError as e:
             if e.errno not in _UNSUPPORTED:
                 raise
 
-    return hold_it
+    return do
+
+
+def holder(start: int, shared: bool = False) -> Callable[[int], None]:
+    """:func:`lock_wait` of one byte, as a function of the descriptor."""
+    return _one_byte(_SETLKW, _RDLCK if shared else _WRLCK, start)
 
 
 def releaser(start: int) -> Callable[[int], None]:
-    """:func:`unlock` of one byte as a function of the descriptor alone."""
-    if fcntl is None:
-        return lambda fd: None
-    call, cmd, arg = fcntl.fcntl, _SETLK, _flock(_UNLCK, start, 1)
-
-    def release_it(fd: int) -> None:
-        try:
-            call(fd, cmd, arg)
-        except OSError as e:
-            if e.errno not in _UNSUPPORTED:
-                raise
-
-    return release_it
+    """:func:`unlock` of one byte, as a function of the descriptor."""
+    return _one_byte(_SETLK, _UNLCK, start)
 
 
 def hold_guard(fd: int) -> None:
