@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import os
 import threading
 import time
 import weakref
@@ -27,7 +28,7 @@ from ._base import MappedBuffer, as_index, as_timeout
 from ._header import Header, can_grow, read_header
 from ._lifetime import finalizer
 from ._locks import Held
-from ._record import State, finish
+from ._record import _HOLD, _RELEASE, State, finish
 from ._region import PREFAULT_BYTES, allocate, prefault
 from ._take import take
 
@@ -351,51 +352,127 @@ class MappedArray(NDArrayOperatorsMixin):
             )
         dt = rows.dtype
         same = (dt is s.like or s.is_ours(dt)) and rows.flags.c_contiguous
-        if s.concurrent and not same:
+        if s.concurrent:
             # Cast as assignment would, before the lock: the others wait
             # for a byte copy only.
-            rows, same = _cast(rows, s.dtype), True
-        if s.concurrent and rows.nbytes < PWRITE_BYTES:
-            # Fresh pages for the copy below are faulted in before the lock:
-            # the others append meanwhile.  (A pwrite needs none.)
-            self._fault_ahead(rows.nbytes)
-        took = s.concurrent and s.hold_array()
+            self._append_shared(rows if same else _cast(rows, s.dtype))
+            return
+        with s.lock:
+            if not (s.writer_fd >= 0 and self._growable and self._closer.alive):
+                self._check_growth("append to")  # (the common case is one line)
+            n = s.length
+            end = n + len(rows)
+            if end > s.cap:
+                self._reserve(end)
+            at = s.offset + n * s.row_nbytes
+            if not same:
+                self._full_view()[n:end] = rows  # numpy casts
+            elif rows.nbytes >= PWRITE_BYTES:
+                # As bytes: memoryview cannot export datetime64 and friends.
+                s.buf._pwrite(rows.reshape(-1).view(np.uint8), at)
+            else:
+                # A byte copy (numpy copies records field by field); the
+                # buffer protocol exports any dtype as plain bytes.
+                m, stop = s.buf._map(), at + rows.nbytes
+                ahead = s.ahead
+                if stop > ahead[1] or ahead[0] != m.address:
+                    # Fresh pages: fault a stretch in at once, not one by one.
+                    s.ahead = m.address, prefault(m, at, rows.nbytes + PREFAULT_BYTES)
+                m[at:stop] = rows
+            # Last: an interrupt (or a full disk) before here leaves the old length.
+            s.length = end
+            s.written = max(s.written, end)
+            self._arr = None
+
+    def _append_shared(self, rows: np.ndarray) -> None:
+        """:meth:`append` of a ``concurrent=True`` handle (``rows`` of the
+        array's dtype, C-contiguous): under the array lock, the length the
+        header records is picked up, the rows are written after it and the
+        new length is recorded.
+
+        The other appenders wait for exactly what happens between taking
+        the lock and releasing it, so that stretch holds the common case
+        only -- the header as some appender left it, room reserved, pages
+        faulted in -- and what can come before it (faulting pages in,
+        casting) does.
+        """
+        s = self._state
+        nbytes = rows.nbytes
+        small = nbytes < PWRITE_BYTES
+        if small:
+            # Fresh pages for the copy are faulted in before the lock: the
+            # others append meanwhile.  (A pwrite needs none.)
+            self._fault_ahead(nbytes)
+        field = s.field
+        if field is None or not small or s.user_locks:
+            # Big batches, an old header, or a thread inside lock().
+            self._append_shared_slow(rows)
+            return
+        # s.hold_array() and s.release_array(), written out: every call
+        # layer here shows in how long the others wait.
+        tlock = s.tlock
+        tlock.acquire()
+        try:
+            fd = s.writer_fd if s.writer_fd >= 0 else s.buf._live().fd
+            _HOLD(fd)
+        except BaseException:
+            tlock.release()
+            raise
         try:
             with s.lock:
-                if not (s.writer_fd >= 0 and self._growable and self._closer.alive):
-                    self._check_growth("append to")  # (the common case is one line)
-                if s.concurrent:
-                    self._pick_up(len(rows))
-                n = s.length
+                if not (self._growable and self._closer.alive):
+                    self._check_growth("append to")
+                region = s.buf._live()
+                m = region.map
+                raw = m[: field.probe]
+                known, n = s.parsed
+                if raw != known:
+                    n = field.read(raw)  # another appender's length
+                    if n is None:
+                        n = s.recorded_length()  # another layout (or array: raises)
                 end = n + len(rows)
                 if end > s.cap:
-                    self._reserve(end)
+                    self._pick_up(len(rows))  # the storage another writer grew...
+                    self._reserve(end)  # ...or more of it
+                    m = region.map
                 at = s.offset + n * s.row_nbytes
-                if not same:
-                    self._full_view()[n:end] = rows  # numpy casts
-                elif rows.nbytes >= PWRITE_BYTES:
-                    # As bytes: memoryview cannot export datetime64 and friends.
-                    s.buf._pwrite(rows.reshape(-1).view(np.uint8), at)
-                else:
-                    # A byte copy (numpy copies records field by field); the
-                    # buffer protocol exports any dtype as plain bytes.
-                    m, stop = s.buf._map(), at + rows.nbytes
-                    ahead = s.ahead
-                    if stop > ahead[1] or ahead[0] != m.address:
-                        # Fresh pages: fault a stretch in at once, not one by one.
-                        # (A concurrent appender's stretch was faulted before the lock.)
-                        more = 0 if s.concurrent else PREFAULT_BYTES
-                        s.ahead = m.address, prefault(m, at, rows.nbytes + more)
-                    m[at:stop] = rows
-                # Last: an interrupt (or a full disk) before here leaves the old length.
-                s.length = end
-                s.written = max(s.written, end)
+                m[at : at + nbytes] = rows  # a byte copy, as in append()
+                s.length = s.recorded = end
+                s.written = s.cap  # the others may have written any row
                 self._arr = None
-                if s.concurrent:
-                    s.record()  # before the lock goes: the others append after these rows
+                # Recorded before the lock goes: the others append after
+                # these rows.  (State.record(), with what is at hand.)
+                tail = field.tail(end)
+                if os.pwrite(region.fd, tail, field.at) != len(tail):
+                    s.buf._pwrite(tail, field.at)  # pragma: no cover
+                s.parsed = field.head + tail, end
         finally:
-            if took:
-                s.release_array(took)
+            try:
+                _RELEASE(fd)
+            finally:
+                tlock.release()
+
+    def _append_shared_slow(self, rows: np.ndarray) -> None:
+        """:meth:`_append_shared` of big batches (written with pwrite),
+        headers without a :class:`LengthField` and threads inside
+        :meth:`lock`: the same steps, through the general calls."""
+        s = self._state
+        took = s.hold_array()
+        try:
+            with s.lock:
+                self._check_growth("append to")
+                n = s.recorded_length()
+                end = n + len(rows)
+                if end > s.cap:
+                    self._pick_up(len(rows))
+                    self._reserve(end)
+                s.buf._pwrite(rows.reshape(-1).view(np.uint8), s.offset + n * s.row_nbytes)
+                s.length = end
+                s.written = s.cap
+                self._arr = None
+                s.record()
+        finally:
+            s.release_array(took)
 
     def _fault_ahead(self, nbytes: int) -> None:
         """A concurrent appender's :func:`prefault`, made before it takes the
