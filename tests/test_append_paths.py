@@ -12,6 +12,8 @@ length recorded without reading it back.
   of parsing; those bytes must be the header's, byte for byte.  Its
   common case (``MappedArray._append_shared``) is written out, apart from
   the general calls that big batches and threads inside ``lock()`` take.
+* mmarray's own holds of the array lock try a few times before they sleep
+  in the kernel (``_locks.holder``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import errno
 import mmap
 import os
 import re
+import threading
+import time
 
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -28,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import mmarray as mm
-from mmarray import _region
+from mmarray import _locks, _region
 from mmarray._header import LengthField, data_offset_for, encode_header, read_header
 
 MiB = 1 << 20
@@ -308,3 +312,62 @@ def test_two_concurrent_handles_take_turns_byte_for_byte(tmp_path, shm_name, ste
         assert a.refresh() == b.refresh() == n
         assert np.array_equal(np.asarray(a[start:])["seq"], np.arange(start, n))
 
+
+# -- the array lock, tried before sleeping ---------------------------------------------
+
+
+def test_holder_takes_a_free_lock_and_waits_for_a_held_one(tmp_path):
+    path = str(tmp_path / "l.bin")
+    with open(path, "wb") as f:
+        f.write(b"x")
+    mine, other = os.open(path, os.O_RDWR), os.open(path, os.O_RDWR)
+    try:
+        hold, release = _locks.holder(_locks.ARRAY), _locks.releaser(_locks.ARRAY)
+        hold(mine)
+        assert not _locks.try_lock(other, _locks.ARRAY)
+        release(mine)
+        assert _locks.try_lock(other, _locks.ARRAY)  # now the other holds it
+        released = []
+
+        def let_go() -> None:
+            time.sleep(0.2)  # far longer than the tries before sleeping
+            released.append(time.monotonic())
+            _locks.unlock(other, _locks.ARRAY)
+
+        t = threading.Thread(target=let_go)
+        t.start()
+        hold(mine)  # spins, then sleeps in the kernel until the release
+        took = time.monotonic()
+        t.join()
+        assert released and released[0] <= took
+        assert not _locks.try_lock(other, _locks.ARRAY)
+        release(mine)
+    finally:
+        os.close(mine)
+        os.close(other)
+
+
+def test_holder_passes_errors_on_and_unsupported_locks_by(tmp_path, monkeypatch):
+    calls = []
+
+    def failing(code):
+        def fcntl(fd, cmd, arg):
+            calls.append(cmd)
+            raise OSError(code, os.strerror(code))
+        return fcntl
+
+    monkeypatch.setattr(_locks.fcntl, "fcntl", failing(errno.ENOLCK))
+    _locks.holder(_locks.ARRAY)(3)  # a filesystem without locks: counts as taken
+    assert calls == [_locks._SETLK, _locks._SETLKW]
+    calls.clear()
+    monkeypatch.setattr(_locks.fcntl, "fcntl", failing(errno.EBADF))
+    with pytest.raises(OSError) as e:
+        _locks.holder(_locks.ARRAY, shared=True)(3)
+    assert e.value.errno == errno.EBADF
+    assert calls == [_locks._SETLK, _locks._SETLKW]
+    calls.clear()
+    monkeypatch.setattr(_locks.fcntl, "fcntl", failing(errno.EAGAIN))
+    monkeypatch.setattr(_locks, "SPIN", 3)
+    with pytest.raises(OSError):  # (EAGAIN from the wait itself: passed on)
+        _locks.holder(_locks.ARRAY)(3)
+    assert calls == [_locks._SETLK] * 3 + [_locks._SETLKW]
