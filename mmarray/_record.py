@@ -292,7 +292,10 @@ def finish(state: State) -> None:
     try:
         state.flush()
     finally:
-        with state.lock:
+        # Behind the thread lock of the array lock too: no other thread is
+        # then between taking the array lock on a descriptor and releasing
+        # it when the descriptors close.
+        with state.tlock, state.lock:
             state.buf.close()
             state.release_writer_lock()
 
