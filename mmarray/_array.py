@@ -413,7 +413,8 @@ class MappedArray(NDArrayOperatorsMixin):
         tlock = s.tlock
         tlock.acquire()
         try:
-            fd = s.writer_fd if s.writer_fd >= 0 else s.buf._live().fd
+            writer = s.writer_fd
+            fd = writer if writer >= 0 else s.buf._live().fd
             _HOLD(fd)
         except BaseException:
             tlock.release()
@@ -448,7 +449,10 @@ class MappedArray(NDArrayOperatorsMixin):
                 s.parsed = field.head + tail, end
         finally:
             try:
-                _RELEASE(fd)
+                if s.writer_fd == writer:
+                    _RELEASE(fd)
+                # (else a thread inside lock() closed the handle meanwhile,
+                # and the lock went with the descriptor)
             finally:
                 tlock.release()
 

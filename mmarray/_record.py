@@ -292,10 +292,12 @@ def finish(state: State) -> None:
     try:
         state.flush()
     finally:
-        # Behind the thread lock of the array lock too: no other thread is
-        # then between taking the array lock on a descriptor and releasing
-        # it when the descriptors close.
-        with state.tlock, state.lock:
+        # Behind the array's thread lock too, so that no other thread is
+        # between taking the array lock on a descriptor and releasing it
+        # when the descriptors close -- unless this thread holds lock():
+        # a thread waiting for that lock may hold the thread lock.
+        mine = threading.get_ident() in state.user_locks
+        with contextlib.nullcontext() if mine else state.tlock, state.lock:
             state.buf.close()
             state.release_writer_lock()
 

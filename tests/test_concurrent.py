@@ -757,6 +757,48 @@ def test_append_under_array_lock_between_threads(tmp_path):
     assert np.load(path).tolist() == list(range(THREADS * 50))
 
 
+
+CLOSE_INSIDE_LOCK = r"""
+import os, sys, threading, time
+import numpy as np, mmarray as mm
+path = sys.argv[1]
+a = mm.open_array(path, "w+", dtype=np.int64, shape=(0,), concurrent=True)
+a.append([1])
+errors, started = [], threading.Event()
+
+def appender():
+    started.set()
+    try:
+        a.append([2])  # waits for the lock() the main thread holds
+    except Exception as e:
+        errors.append(e)
+
+held = a.lock()
+t = threading.Thread(target=appender)
+t.start()
+started.wait()
+time.sleep(0.2)
+a.close()  # inside lock(), while the other thread waits for it
+held.release()
+t.join(20)
+assert not t.is_alive(), "the appender hung"
+assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
+assert "closed" in str(errors[0])
+assert np.load(path).tolist() == [1]
+print("ok")
+"""
+
+
+def test_close_inside_lock_while_a_thread_waits_to_append(tmp_path):
+    """close() from inside lock() does not wait for the thread that waits
+    for that lock (it holds the array's thread lock); that thread gets the
+    closed error, and nothing is appended."""
+    for i in range(3):
+        path = tmp_path / f"c{i}.npy"
+        out = subprocess.run([sys.executable, "-c", CLOSE_INSIDE_LOCK, str(path)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
 # -- 6: refresh() when nothing changed, and after another process's flush --------------
 
 
