@@ -506,8 +506,9 @@ class MappedArray(NDArrayOperatorsMixin):
                 return None
             size = s.buf.refresh()  # one fstat; a new mapping if it grew
             cap = (size - s.offset) // s.row_nbytes
-            if cap > s.cap:
-                s.cap = s.written = cap  # (the others may write any row there)
+            if cap != s.cap:  # (smaller only if another program truncated it:
+                # the append under the lock then says so, as _cover() does)
+                s.cap = s.written = cap  # the others may write any row there
                 self._map_rows()
             return s.buf._map()
 
