@@ -502,14 +502,10 @@ class MappedArray(NDArrayOperatorsMixin):
         mapped before) need not keep everyone waiting."""
         s = self._state
         with s.lock:
-            if not self._closer.alive or not s.row_nbytes:
+            if not self._closer.alive:
                 return None
-            size = s.buf.refresh()  # one fstat; a new mapping if it grew
-            cap = (size - s.offset) // s.row_nbytes
-            if cap != s.cap:  # (smaller only if another program truncated it:
-                # the append under the lock then says so, as _cover() does)
-                s.cap = s.written = cap  # the others may write any row there
-                self._map_rows()
+            self._cover(0)  # one fstat; a new mapping if the storage grew
+            s.written = s.cap  # the others may write any row there
             return s.buf._map()
 
     def resize(self, n: int) -> None:
