@@ -490,23 +490,8 @@ class MappedArray(NDArrayOperatorsMixin):
         at = s.offset + s.length * s.row_nbytes
         ahead = s.ahead
         if at + nbytes + AHEAD_SLACK > ahead[1] or ahead[0] != m.address:
-            if at + nbytes + AHEAD_SLACK > len(m):
-                m = self._map_grown() or m
             with contextlib.suppress(ValueError):  # unmapped meanwhile by another thread
                 s.ahead = m.address, prefault(m, at, PREFAULT_BYTES)
-
-    def _map_grown(self) -> Any:
-        """Map the storage that another appender grew, before taking the
-        array lock: the new mapping, or None.  Growth itself happens under
-        the lock, but the others' remaps (and the unmapping of what they
-        mapped before) need not keep everyone waiting."""
-        s = self._state
-        with s.lock:
-            if not self._closer.alive:
-                return None
-            self._cover(0)  # one fstat; a new mapping if the storage grew
-            s.written = s.cap  # the others may write any row there
-            return s.buf._map()
 
     def resize(self, n: int) -> None:
         """Set the length along axis 0 to ``n`` rows; new rows read as zero.

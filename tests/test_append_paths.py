@@ -194,30 +194,6 @@ def test_fault_ahead_survives_a_mapping_closed_under_it(tmp_path, monkeypatch):
     assert np.array_equal(np.load(path)["seq"], np.arange(30))
 
 
-
-def test_a_concurrent_appender_maps_the_others_growth_before_the_lock(tmp_path, monkeypatch):
-    """Near the end of its mapping, an appender maps what another grew
-    before it takes the array lock; under the lock it then has room."""
-    path = str(tmp_path / "g.npy")
-    with mm.open_array(path, "w+", dtype=ROW, shape=(0,), concurrent=True) as a, \
-            mm.open_array(path, "r+", concurrent=True) as b:
-        a.append(numbered(0, 10))
-        cap = a._state.cap
-        b.append(numbered(10, cap))  # grows the storage past a's mapping
-        assert b._state.cap > cap == a._state.cap
-        picked = []
-        real = mm.MappedArray._pick_up
-
-        def spy(self, *args, **kwargs):
-            picked.append(args)
-            return real(self, *args, **kwargs)
-
-        monkeypatch.setattr(mm.MappedArray, "_pick_up", spy)
-        a.append(numbered(10 + cap, 5))
-        assert picked == []  # no growth to pick up under the lock
-        assert a._state.cap == b._state.cap
-        assert np.array_equal(np.asarray(a[:])["seq"], np.arange(15 + cap))
-
 # -- rows through the fast copy -------------------------------------------------------
 
 
