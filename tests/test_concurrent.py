@@ -757,7 +757,6 @@ def test_append_under_array_lock_between_threads(tmp_path):
     assert np.load(path).tolist() == list(range(THREADS * 50))
 
 
-
 CLOSE_INSIDE_LOCK = r"""
 import os, sys, threading, time
 import numpy as np, mmarray as mm
@@ -798,6 +797,7 @@ def test_close_inside_lock_while_a_thread_waits_to_append(tmp_path):
         out = subprocess.run([sys.executable, "-c", CLOSE_INSIDE_LOCK, str(path)],
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
 
 # -- 6: refresh() when nothing changed, and after another process's flush --------------
 
